@@ -1,0 +1,83 @@
+// Command kiln-server runs Kiln's REST API, scheduler and dispatcher; with
+// --dev it is a complete single node with a local worker. `kiln-server admin`
+// manages users, tokens and workers.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kiln-ci/kiln/config"
+	"github.com/kiln-ci/kiln/server"
+	"github.com/kiln-ci/kiln/server/admin"
+	"github.com/kiln-ci/kiln/server/store"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newCommand().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "kiln-server:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	var cfg server.Config
+	var configFile, logLevel, logFormat string
+	root := &cobra.Command{
+		Use:   "kiln-server",
+		Short: "Kiln server: REST API, scheduler and NATS dispatch",
+		Long: "kiln-server stores work requests, schedules them onto workers and dispatches them over\n" +
+			"NATS JetStream. Every option is also an environment variable KILN_<OPTION> (for example\n" +
+			"KILN_DATABASE_URL) and a key in the YAML config file (--config).",
+		SilenceUsage: true,
+		Args:         cobra.NoArgs,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			// Root's flag set holds every option, so one pass covers the
+			// server and the admin commands alike.
+			return config.Apply(cmd.Root().Flags(), "KILN_", configFile, cmd.Root().Flags().Changed("config"))
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := config.Logger(logLevel, logFormat, os.Stderr)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			return server.Run(cmd.Context(), cfg)
+		},
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&configFile, "config", "/etc/kiln/server.conf", "YAML config file (keys are option names); read when it exists")
+	pf.StringVar(&cfg.DataDir, "data-dir", "kiln-data", "directory for SQLite, the embedded JetStream store and artifacts")
+	pf.StringVar(&cfg.DatabaseURL, "database-url", "", "postgres://… for PostgreSQL; empty for SQLite in the data directory")
+
+	f := root.Flags()
+	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "HTTP listen address")
+	f.StringVar(&cfg.PublicURL, "public-url", "", "external base URL (for absolute links); default: from each request")
+	f.StringVar(&cfg.NATSURL, "nats-url", "", "external NATS URL; empty starts an embedded nats-server")
+	f.StringVar(&cfg.NATSListen, "nats-listen", "127.0.0.1:4223", "listen address of the embedded nats-server")
+	f.StringVar(&cfg.NATSAdvertise, "nats-advertise", "", "NATS URL given to workers (default: --nats-url or the embedded server's)")
+	f.StringVar(&cfg.NATSPrefix, "nats-prefix", "kiln", "prefix of every NATS subject and stream name")
+	f.IntVar(&cfg.NATSReplicas, "nats-replicas", 1, "JetStream stream replicas (3 on a 3-node cluster)")
+	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 1<<20, "largest accepted request body; larger bodies get 413")
+	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", server.DefaultHeartbeatInterval, "how often workers heartbeat")
+	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", server.DefaultHeartbeatTimeout, "a worker silent this long is disconnected")
+	f.DurationVar(&cfg.WorkerLostAfter, "worker-lost-after", server.DefaultWorkerLostAfter, "a worker silent this long gets no new assignments")
+	f.DurationVar(&cfg.SchedulerSweep, "scheduler-sweep", server.DefaultSchedulerSweep, "period of the scheduler's safety-net pass")
+	f.StringVar(&cfg.Scope, "scope", "debusine", "the scope this server serves (X-Debusine-Scope)")
+	f.StringVar(&cfg.Workspace, "workspace", "System", "default workspace of new work requests")
+	f.BoolVar(&cfg.Dev, "dev", false, "single-node development mode: local worker, a 'dev' admin user, DATA_DIR/client.ini")
+	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+
+	root.AddCommand(admin.Command(func(ctx context.Context) (*store.Store, error) {
+		return store.Open(ctx, cfg.DatabaseURL, cfg.DataDir)
+	}))
+	return root
+}

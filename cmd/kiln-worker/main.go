@@ -1,0 +1,62 @@
+// Command kiln-worker is the worker daemon of a build or lab machine.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kiln-ci/kiln/config"
+	"github.com/kiln-ci/kiln/worker"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newCommand().ExecuteContext(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintln(os.Stderr, "kiln-worker:", err)
+		os.Exit(1)
+	}
+}
+
+func newCommand() *cobra.Command {
+	var cfg worker.Config
+	var configFile, logLevel, logFormat string
+	cmd := &cobra.Command{
+		Use:   "kiln-worker",
+		Short: "Kiln worker daemon: registers, takes assignments over NATS and runs tasks",
+		Long: "kiln-worker registers with a kiln-server (generating its token on first start), waits\n" +
+			"until an admin enables it, then runs the work requests assigned to it. Every option is\n" +
+			"also an environment variable KILN_<OPTION> and a key in the YAML config file (--config).",
+		SilenceUsage: true,
+		Args:         cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := config.Apply(cmd.Flags(), "KILN_", configFile, cmd.Flags().Changed("config")); err != nil {
+				return err
+			}
+			log, err := config.Logger(logLevel, logFormat, os.Stderr)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			return worker.Run(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "/etc/kiln/worker.conf", "YAML config file (keys are option names); read when it exists")
+	f.StringVar(&cfg.APIURL, "api-url", "http://127.0.0.1:8080/api", "the server's API URL")
+	f.StringVar(&cfg.NATSURL, "nats-url", "", "NATS URL (default: the one the server advertises)")
+	f.StringVar(&cfg.TokenFile, "token-file", "/var/lib/kiln-worker/token", "file holding the worker's token (created, mode 0600, on first start)")
+	f.StringVar(&cfg.ActivationTokenFile, "activation-token-file", "/etc/kiln/activation-token", "one-time activation token from 'kiln-server admin worker create'; used once, then removed")
+	f.StringVar(&cfg.Name, "name", "", "worker name (default: the host name)")
+	f.IntVar(&cfg.Concurrency, "concurrency", 1, "work requests run at once")
+	f.StringVar(&cfg.WorkerType, "worker-type", "external", "external, celery or signing")
+	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
+	return cmd
+}

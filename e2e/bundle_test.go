@@ -1,0 +1,273 @@
+package e2e
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	_ "github.com/lib/pq"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kiln-ci/kiln/client"
+	"github.com/kiln-ci/kiln/schemas"
+	"github.com/kiln-ci/kiln/server"
+	"github.com/kiln-ci/kiln/server/store"
+	"github.com/kiln-ci/kiln/worker"
+)
+
+// backend names a store + NATS combination a scenario runs on.
+type backend struct {
+	name string
+	// setup returns the database URL and external NATS URL for a fresh,
+	// isolated namespace, or skips.
+	setup func(t *testing.T) (dbURL, natsURL, prefix string)
+}
+
+var backends = []backend{
+	{name: "sqlite+embedded", setup: func(t *testing.T) (string, string, string) { return "", "", "kiln" }},
+	{name: "postgres+external", setup: externalServices},
+}
+
+func requireAll() bool { return os.Getenv("KILN_REQUIRE_ALL") == "1" }
+
+func unavailable(t *testing.T, what string, err error) {
+	t.Helper()
+	if requireAll() {
+		t.Fatalf("%s unavailable and KILN_REQUIRE_ALL=1: %v", what, err)
+	}
+	t.Skipf("%s unavailable (set KILN_REQUIRE_ALL=1 to fail instead): %v", what, err)
+}
+
+// PostgresURL returns a URL for a fresh schema on the test PostgreSQL server
+// (KILN_TEST_DATABASE_URL, default the local one), dropped at cleanup.
+func PostgresURL(t *testing.T) string {
+	t.Helper()
+	base := os.Getenv("KILN_TEST_DATABASE_URL")
+	if base == "" {
+		base = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+	}
+	db, err := sql.Open("postgres", base)
+	if err != nil {
+		unavailable(t, "PostgreSQL", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		unavailable(t, "PostgreSQL", err)
+	}
+	schema := fmt.Sprintf("kiln_test_%d", time.Now().UnixNano())
+	_, err = db.ExecContext(ctx, "CREATE SCHEMA "+schema)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_, _ = db.Exec("DROP SCHEMA " + schema + " CASCADE")
+		db.Close()
+	})
+	u, err := url.Parse(base)
+	require.NoError(t, err)
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// externalNATS returns the URL of the external nats-server (KILN_TEST_NATS_URL,
+// default 127.0.0.1:4222) and a unique prefix whose stream is deleted at
+// cleanup.
+func externalNATS(t *testing.T) (string, string) {
+	t.Helper()
+	u := os.Getenv("KILN_TEST_NATS_URL")
+	if u == "" {
+		u = "nats://127.0.0.1:4222"
+	}
+	nc, err := nats.Connect(u, nats.Timeout(3*time.Second))
+	if err != nil {
+		unavailable(t, "external NATS", err)
+	}
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := js.AccountInfo(ctx); err != nil {
+		nc.Close()
+		unavailable(t, "JetStream on the external NATS", err)
+	}
+	prefix := fmt.Sprintf("kilntest%d", time.Now().UnixNano())
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = js.DeleteStream(ctx, strings.ToUpper(prefix)+"_WORKERS")
+		nc.Close()
+	})
+	return u, prefix
+}
+
+func externalServices(t *testing.T) (string, string, string) {
+	db := PostgresURL(t)
+	nu, prefix := externalNATS(t)
+	return db, nu, prefix
+}
+
+// bundle is a running server plus an admin client.
+type bundle struct {
+	t     *testing.T
+	ctx   context.Context
+	srv   *server.Server
+	st    *store.Store
+	admin *client.Client
+	user  *client.Client
+	dir   string
+}
+
+func testLogger(t *testing.T) zerolog.Logger {
+	if os.Getenv("KILN_TEST_LOG") != "" {
+		return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel).With().Timestamp().Logger()
+	}
+	return zerolog.Nop()
+}
+
+func setup(t *testing.T, be backend) *bundle {
+	t.Helper()
+	dbURL, natsURL, prefix := be.setup(t)
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	srv, err := server.New(ctx, server.Config{
+		Listen: "127.0.0.1:0", DataDir: dir, DatabaseURL: dbURL, NATSURL: natsURL, NATSListen: "127.0.0.1:0",
+		NATSPrefix: prefix, HeartbeatInterval: 200 * time.Millisecond, SchedulerSweep: time.Second,
+		Logger: testLogger(t).With().Str("component", "server").Logger(),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.Close() })
+	b := &bundle{t: t, ctx: ctx, srv: srv, st: srv.Store(), dir: dir}
+	b.admin = b.newUser("admin", true)
+	b.user = b.newUser("alice", false)
+	return b
+}
+
+func (b *bundle) newUser(name string, admin bool) *client.Client {
+	u, err := b.st.CreateUser(b.ctx, name, name+"@example.org", admin)
+	require.NoError(b.t, err)
+	tok, err := b.st.CreateUserToken(b.ctx, u.ID, "test")
+	require.NoError(b.t, err)
+	return client.New(b.srv.APIURL(), tok)
+}
+
+// testWorker is an in-process kiln-worker.
+type testWorker struct {
+	b         *bundle
+	cfg       worker.Config
+	cancel    context.CancelFunc
+	done      chan error
+	tokenFile string
+	id        int64
+	mu        sync.Mutex
+}
+
+// startWorker creates an enabled worker record with an activation token and
+// runs a worker daemon that claims it.
+func (b *bundle) startWorker(name string, concurrency int, md schemas.Metadata) *testWorker {
+	b.t.Helper()
+	wk, err := b.st.CreateWorker(b.ctx, name, "external")
+	require.NoError(b.t, err)
+	act, err := b.st.CreateActivationToken(b.ctx, wk.ID)
+	require.NoError(b.t, err)
+	wdir := filepath.Join(b.dir, "workers", name)
+	require.NoError(b.t, os.MkdirAll(wdir, 0o700))
+	require.NoError(b.t, os.WriteFile(filepath.Join(wdir, "activation-token"), []byte(act), 0o600))
+	w := &testWorker{b: b, id: wk.ID, tokenFile: filepath.Join(wdir, "token"), cfg: worker.Config{
+		APIURL: b.srv.APIURL(), TokenFile: filepath.Join(wdir, "token"),
+		ActivationTokenFile: filepath.Join(wdir, "activation-token"),
+		Name:                name, Concurrency: concurrency, Metadata: md, RetryMax: 500 * time.Millisecond,
+		Logger: testLogger(b.t).With().Str("component", "worker").Logger(),
+	}}
+	w.start()
+	b.t.Cleanup(w.stop)
+	b.waitFor("worker "+name+" to connect", func() bool {
+		got, err := b.st.WorkerByID(b.ctx, wk.ID)
+		return err == nil && got.LastSeenAt.Valid && got.DynamicMetadataUpdatedAt.Valid
+	})
+	return w
+}
+
+func (w *testWorker) start() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ctx, cancel := context.WithCancel(w.b.ctx)
+	w.cancel = cancel
+	w.done = make(chan error, 1)
+	go func() { w.done <- worker.Run(ctx, w.cfg) }()
+}
+
+func (w *testWorker) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cancel == nil {
+		return
+	}
+	w.cancel()
+	<-w.done
+	w.cancel = nil
+}
+
+// token returns the worker's own token, as written to its token file.
+func (w *testWorker) token() string {
+	b, err := os.ReadFile(w.tokenFile)
+	require.NoError(w.b.t, err)
+	return strings.TrimSpace(string(b))
+}
+
+// waitFor polls cond until it holds or 30s pass.
+func (b *bundle) waitFor(what string, cond func() bool) {
+	b.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			b.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (b *bundle) create(c *client.Client, task, data string) schemas.WorkRequest {
+	b.t.Helper()
+	wr, err := c.CreateWorkRequest(b.ctx, schemas.WorkRequestCreate{TaskName: task, TaskData: []byte(data)})
+	require.NoError(b.t, err)
+	return wr
+}
+
+func (b *bundle) get(id int64) schemas.WorkRequest {
+	b.t.Helper()
+	wr, err := b.admin.GetWorkRequest(b.ctx, id)
+	require.NoError(b.t, err)
+	return wr
+}
+
+// wait follows a request until it reaches a terminal status.
+func (b *bundle) wait(id int64) schemas.WorkRequest {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, 60*time.Second)
+	defer cancel()
+	wr, err := b.admin.WaitWorkRequest(ctx, id, nil)
+	require.NoError(b.t, err, "waiting for work request %d", id)
+	return wr
+}
+
+// forEachBackend runs a scenario on every backend.
+func forEachBackend(t *testing.T, f func(t *testing.T, b *bundle)) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			f(t, setup(t, be))
+		})
+	}
+}

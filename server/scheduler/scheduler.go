@@ -1,0 +1,390 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/kiln-ci/kiln/bus"
+	"github.com/kiln-ci/kiln/schemas"
+	"github.com/kiln-ci/kiln/server/store"
+	"github.com/kiln-ci/kiln/tasks"
+)
+
+// Publisher sends outbox messages and removes them from the outbox once
+// stored by JetStream. Messages it could not send stay for the relay.
+type Publisher interface {
+	Publish(ctx context.Context, msgs []store.Message)
+}
+
+// Options tune the scheduler; zero values take the documented defaults.
+type Options struct {
+	// Sweep is the period of the safety-net pass (default 10s).
+	Sweep time.Duration
+	// HeartbeatTimeout: a worker not seen for this long is disconnected
+	// (default 30s). Connected workers are preferred.
+	HeartbeatTimeout time.Duration
+	// LostAfter: a worker not seen for this long gets no new assignments
+	// (default 5m). Until then, assignments wait for it in its durable
+	// consumer, which covers restarts.
+	LostAfter time.Duration
+	Logger    zerolog.Logger
+	// Registerer receives the scheduler's metrics (nil: none).
+	Registerer prometheus.Registerer
+}
+
+// Scheduler matches pending work requests to workers.
+type Scheduler struct {
+	st    *store.Store
+	reg   *tasks.Registry
+	pub   Publisher
+	names bus.Names
+	opt   Options
+	log   zerolog.Logger
+
+	kick chan struct{}
+
+	mu     sync.Mutex
+	reqs   map[string]shapeReq // requirements per shape, immutable per shape
+	leader bool
+
+	passes      prometheus.Histogram
+	assignments prometheus.Counter
+}
+
+type shapeReq struct {
+	task tasks.Task
+	req  tasks.Requirements
+	err  error
+}
+
+// New returns a scheduler; call Run to start it.
+func New(st *store.Store, reg *tasks.Registry, pub Publisher, names bus.Names, opt Options) *Scheduler {
+	if opt.Sweep <= 0 {
+		opt.Sweep = 10 * time.Second
+	}
+	if opt.HeartbeatTimeout <= 0 {
+		opt.HeartbeatTimeout = 30 * time.Second
+	}
+	if opt.LostAfter <= 0 {
+		opt.LostAfter = 5 * time.Minute
+	}
+	s := &Scheduler{
+		st: st, reg: reg, pub: pub, names: names, opt: opt, log: opt.Logger,
+		kick: make(chan struct{}, 1),
+		reqs: map[string]shapeReq{},
+		passes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kiln_scheduler_pass_seconds", Help: "Duration of scheduler passes.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		assignments: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kiln_scheduler_assignments_total", Help: "Work requests assigned to workers.",
+		}),
+	}
+	if opt.Registerer != nil {
+		opt.Registerer.MustRegister(s.passes, s.assignments)
+	}
+	return s
+}
+
+// Trigger asks for a pass soon. It never blocks; triggers that arrive during
+// a pass coalesce into one more pass.
+func (s *Scheduler) Trigger() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Leader reports whether this replica currently schedules.
+func (s *Scheduler) Leader() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leader
+}
+
+// Run schedules until ctx ends: a pass on every trigger and every sweep.
+func (s *Scheduler) Run(ctx context.Context) {
+	t := time.NewTicker(s.opt.Sweep)
+	defer t.Stop()
+	for {
+		s.step(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Scheduler) step(ctx context.Context) {
+	lead, err := s.st.TryLead(ctx)
+	if err != nil {
+		s.log.Warn().Err(err).Msg("scheduler leader check")
+		lead = false
+	}
+	s.mu.Lock()
+	changed := lead != s.leader
+	s.leader = lead
+	s.mu.Unlock()
+	if changed {
+		s.log.Info().Bool("leader", lead).Msg("scheduler leadership changed")
+	}
+	if !lead {
+		return
+	}
+	if _, err := s.Pass(ctx); err != nil && ctx.Err() == nil {
+		s.log.Error().Err(err).Msg("scheduler pass")
+	}
+}
+
+// candidate is a worker as one pass sees it.
+type candidate struct {
+	w         store.Worker
+	md        schemas.Metadata
+	free      int
+	connected bool
+}
+
+// Pass runs one scheduling pass and returns how many requests it assigned.
+func (s *Scheduler) Pass(ctx context.Context) (int, error) {
+	start := time.Now()
+	defer func() { s.passes.Observe(time.Since(start).Seconds()) }()
+
+	shapes, err := s.st.PendingShapes(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if len(shapes) == 0 {
+		return 0, s.st.SetWaitingReasons(ctx, map[string]string{})
+	}
+	workers, err := s.st.Workers(ctx)
+	if err != nil {
+		return 0, err
+	}
+	now := time.Now()
+	var cands []*candidate
+	enabled := 0
+	for _, w := range workers {
+		if !w.Enabled || w.TokenHash == nil {
+			continue
+		}
+		enabled++
+		c := &candidate{w: w, md: w.Metadata(), free: w.EffectiveConcurrency() - w.Active}
+		if w.LastSeenAt.Valid {
+			age := now.Sub(w.LastSeenAt.Time)
+			c.connected = w.ConnectedAt.Valid && age < s.opt.HeartbeatTimeout
+			if age >= s.opt.LostAfter {
+				c.free = 0 // gone too long to be handed work
+				c.connected = false
+			}
+		} else {
+			c.free = 0 // never reported its metadata
+		}
+		cands = append(cands, c)
+	}
+
+	reasons := map[string]string{}
+	eligible := map[string][]*candidate{}
+	var items []store.QueueItem
+	for _, sh := range shapes {
+		sr, err := s.requirements(ctx, sh)
+		if err != nil {
+			reasons[sh.Shape] = err.Error()
+			continue
+		}
+		var elig []*candidate
+		refusals := map[string][]string{}
+		for _, c := range cands {
+			if err := sr.task.CanRunOn(sr.req, c.md); err != nil {
+				msg := strings.TrimPrefix(err.Error(), tasks.ErrCannotRun.Error()+": ")
+				refusals[msg] = append(refusals[msg], c.w.Name)
+				continue
+			}
+			elig = append(elig, c)
+		}
+		if len(elig) == 0 {
+			reasons[sh.Shape] = noWorkerReason(enabled, refusals)
+			continue
+		}
+		eligible[sh.Shape] = elig
+		free := 0
+		for _, c := range elig {
+			free += max(c.free, 0)
+		}
+		if free == 0 {
+			reasons[sh.Shape] = busyReason(elig)
+			continue
+		}
+		q, err := s.st.Queue(ctx, sh.Shape, int(min(int64(free), sh.Count)))
+		if err != nil {
+			return 0, err
+		}
+		items = append(items, q...)
+	}
+	sort.Slice(items, func(i, j int) bool {
+		a, b := items[i], items[j]
+		if a.Priority != b.Priority {
+			return a.Priority > b.Priority
+		}
+		if !a.CreatedAt.Equal(b.CreatedAt) {
+			return a.CreatedAt.Before(b.CreatedAt)
+		}
+		return a.ID < b.ID
+	})
+
+	var msgs []store.Message
+	assigned := map[string]int64{}
+	for _, it := range items {
+		c := pick(eligible[it.Shape])
+		if c == nil {
+			continue
+		}
+		msg, err := s.assign(ctx, it, c)
+		if errors.Is(err, store.ErrConflict) {
+			// The worker filled up behind our back (a manual change, a
+			// request that went away): look again on the next pass.
+			c.free = 0
+			s.Trigger()
+			continue
+		}
+		if err != nil {
+			s.publish(ctx, msgs)
+			return len(msgs), err
+		}
+		c.free--
+		assigned[it.Shape]++
+		msgs = append(msgs, msg)
+	}
+	s.publish(ctx, msgs)
+	for _, sh := range shapes {
+		if _, ok := reasons[sh.Shape]; !ok && assigned[sh.Shape] < sh.Count {
+			reasons[sh.Shape] = busyReason(eligible[sh.Shape])
+		}
+	}
+	if err := s.st.SetWaitingReasons(ctx, reasons); err != nil {
+		return len(msgs), err
+	}
+	return len(msgs), nil
+}
+
+func (s *Scheduler) publish(ctx context.Context, msgs []store.Message) {
+	if len(msgs) > 0 {
+		s.pub.Publish(ctx, msgs)
+		s.assignments.Add(float64(len(msgs)))
+	}
+}
+
+// pick prefers connected workers, then the one with most free slots, then the
+// lowest id, so that load spreads and ties are stable.
+func pick(cs []*candidate) *candidate {
+	var best *candidate
+	for _, c := range cs {
+		if c.free <= 0 {
+			continue
+		}
+		if best == nil || (c.connected && !best.connected) ||
+			(c.connected == best.connected && (c.free > best.free || (c.free == best.free && c.w.ID < best.w.ID))) {
+			best = c
+		}
+	}
+	return best
+}
+
+func (s *Scheduler) assign(ctx context.Context, it store.QueueItem, c *candidate) (store.Message, error) {
+	payload, err := json.Marshal(schemas.Assignment{WorkRequestID: it.ID, Attempt: it.Attempt, WorkerID: c.w.ID})
+	if err != nil {
+		return store.Message{}, err
+	}
+	msg := store.Message{
+		Subject: s.names.AssignSubject(c.w.ID),
+		MsgID:   "assign-" + strconv.FormatInt(it.ID, 10) + "-" + strconv.Itoa(it.Attempt),
+		Payload: string(payload),
+	}
+	m, err := s.st.Assign(ctx, it.ID, it.Attempt, c.w.ID, c.w.EffectiveConcurrency(), msg)
+	if err == nil {
+		s.log.Debug().Int64("work_request", it.ID).Str("worker", c.w.Name).Msg("assigned")
+	}
+	return m, err
+}
+
+// requirements returns the cached task and requirements of a shape, reading
+// the sample request's task data the first time.
+func (s *Scheduler) requirements(ctx context.Context, sh store.Shape) (shapeReq, error) {
+	s.mu.Lock()
+	sr, ok := s.reqs[sh.Shape]
+	s.mu.Unlock()
+	if ok {
+		return sr, sr.err
+	}
+	task, err := s.reg.Get(sh.TaskName)
+	if err != nil {
+		sr = shapeReq{err: fmt.Errorf("task %s is not registered on this server", sh.TaskName)}
+	} else {
+		wr, err := s.st.WorkRequest(ctx, sh.SampleID)
+		if err != nil {
+			return shapeReq{}, err
+		}
+		req, err := task.Requirements(json.RawMessage(wr.TaskData))
+		if err != nil {
+			sr = shapeReq{err: fmt.Errorf("cannot read requirements: %v", err)}
+		} else {
+			sr = shapeReq{task: task, req: req}
+		}
+	}
+	s.mu.Lock()
+	if len(s.reqs) > 100000 {
+		s.reqs = map[string]shapeReq{}
+	}
+	s.reqs[sh.Shape] = sr
+	s.mu.Unlock()
+	return sr, sr.err
+}
+
+func noWorkerReason(enabled int, refusals map[string][]string) string {
+	if enabled == 0 {
+		return "no enabled worker"
+	}
+	msgs := make([]string, 0, len(refusals))
+	for m := range refusals {
+		msgs = append(msgs, m)
+	}
+	sort.Strings(msgs)
+	parts := make([]string, 0, 3)
+	for i, m := range msgs {
+		if i == 3 {
+			parts = append(parts, fmt.Sprintf("and %d more reasons", len(msgs)-3))
+			break
+		}
+		names := refusals[m]
+		who := strings.Join(names, ", ")
+		if len(names) > 3 {
+			who = fmt.Sprintf("%s and %d more", strings.Join(names[:3], ", "), len(names)-3)
+		}
+		parts = append(parts, fmt.Sprintf("%s (%s)", m, who))
+	}
+	return "no worker can run it: " + strings.Join(parts, "; ")
+}
+
+func busyReason(elig []*candidate) string {
+	online := 0
+	for _, c := range elig {
+		if c.connected {
+			online++
+		}
+	}
+	if online == 0 {
+		return fmt.Sprintf("all %d matching workers are offline", len(elig))
+	}
+	return fmt.Sprintf("all %d matching workers are busy (%d online)", len(elig), online)
+}

@@ -1,0 +1,301 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+
+	"github.com/kiln-ci/kiln/bus"
+	"github.com/kiln-ci/kiln/server/scheduler"
+	"github.com/kiln-ci/kiln/server/store"
+	"github.com/kiln-ci/kiln/tasks"
+)
+
+// Config is kiln-server's configuration. Every field is a flag, a KILN_*
+// environment variable and a config-file key (see cmd/kiln-server); the
+// defaults below are the documented ones.
+type Config struct {
+	// Listen is the HTTP address (default 127.0.0.1:8080).
+	Listen string
+	// DataDir holds SQLite, the embedded JetStream store and artifacts
+	// (default ./kiln-data).
+	DataDir string
+	// DatabaseURL selects PostgreSQL (postgres://…); empty means SQLite in
+	// DataDir.
+	DatabaseURL string
+	// NATSURL points at an external NATS; empty starts an embedded one.
+	NATSURL string
+	// NATSListen is the embedded NATS address (default 127.0.0.1:4223).
+	NATSListen string
+	// NATSAdvertise is the NATS URL handed to workers (default: NATSURL or
+	// the embedded server's URL).
+	NATSAdvertise string
+	// NATSPrefix starts every subject and stream name (default "kiln").
+	NATSPrefix string
+	// NATSReplicas is the JetStream stream replica count (default 1; 3 on a
+	// 3-node cluster).
+	NATSReplicas int
+	// PublicURL is the server's external base URL, used for absolute links
+	// such as pagination; empty derives it from each request.
+	PublicURL string
+	// MaxBodyBytes caps request bodies (default 1 MiB); larger ones get 413.
+	MaxBodyBytes int64
+	// HeartbeatInterval is how often workers heartbeat (default 5s).
+	HeartbeatInterval time.Duration
+	// HeartbeatTimeout marks a silent worker disconnected (default 30s).
+	HeartbeatTimeout time.Duration
+	// WorkerLostAfter stops new assignments to a worker silent this long
+	// (default 5m).
+	WorkerLostAfter time.Duration
+	// SchedulerSweep is the period of the scheduler's safety-net pass
+	// (default 10s).
+	SchedulerSweep time.Duration
+	// Scope is the single scope this server serves (default "debusine", the
+	// debusine client's default).
+	Scope string
+	// Workspace is the default workspace (default "System").
+	Workspace string
+	// Dev starts a local worker in-process, creates a "dev" admin user and
+	// writes DataDir/client.ini.
+	Dev bool
+
+	// Logger receives all logs (default: a disabled logger).
+	Logger zerolog.Logger
+	// Registry holds the tasks (default tasks.Default()).
+	Registry *tasks.Registry
+}
+
+// Defaults of the durations in Config.
+const (
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultHeartbeatTimeout  = 30 * time.Second
+	DefaultWorkerLostAfter   = 5 * time.Minute
+	DefaultSchedulerSweep    = 10 * time.Second
+)
+
+func (c *Config) setDefaults() {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8080"
+	}
+	if c.DataDir == "" {
+		c.DataDir = "kiln-data"
+	}
+	if c.NATSListen == "" {
+		c.NATSListen = "127.0.0.1:4223"
+	}
+	if c.NATSPrefix == "" {
+		c.NATSPrefix = "kiln"
+	}
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 1 << 20
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.HeartbeatTimeout <= 0 {
+		c.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if c.WorkerLostAfter <= 0 {
+		c.WorkerLostAfter = DefaultWorkerLostAfter
+	}
+	if c.SchedulerSweep <= 0 {
+		c.SchedulerSweep = DefaultSchedulerSweep
+	}
+	if c.Scope == "" {
+		c.Scope = "debusine"
+	}
+	if c.Workspace == "" {
+		c.Workspace = "System"
+	}
+	if c.Registry == nil {
+		c.Registry = tasks.Default()
+	}
+}
+
+// Server is a running kiln-server.
+type Server struct {
+	cfg      Config
+	log      zerolog.Logger
+	store    *store.Store
+	names    bus.Names
+	embedded *bus.Embedded
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	natsURL  string
+	sched    *scheduler.Scheduler
+	metrics  *metrics
+	reg      *prometheus.Registry
+	listener net.Listener
+	http     *http.Server
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New opens the store, starts or connects to NATS, and starts the scheduler,
+// the dispatcher, the heartbeat listener and the HTTP server. Close stops
+// them all.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	s := &Server{cfg: cfg, log: cfg.Logger}
+	names, err := bus.NewNames(cfg.NATSPrefix)
+	if err != nil {
+		return nil, err
+	}
+	s.names = names
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Close()
+		}
+	}()
+	if s.store, err = store.Open(ctx, cfg.DatabaseURL, cfg.DataDir); err != nil {
+		return nil, err
+	}
+	s.natsURL = cfg.NATSURL
+	if s.natsURL == "" {
+		s.embedded, err = bus.StartEmbedded(filepath.Join(cfg.DataDir, "jetstream"), cfg.NATSListen)
+		if err != nil {
+			return nil, err
+		}
+		s.natsURL = s.embedded.URL()
+		s.log.Info().Str("url", s.natsURL).Msg("embedded nats started")
+	}
+	if s.nc, err = bus.Connect(s.natsURL, "kiln-server", s.log); err != nil {
+		return nil, err
+	}
+	if s.js, err = jetstream.New(s.nc); err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if err := s.ensureStream(ctx); err != nil {
+		return nil, err
+	}
+
+	s.reg = prometheus.NewRegistry()
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.metrics = newMetrics(s.reg, s.store)
+	s.sched = scheduler.New(s.store, cfg.Registry, s, s.names, scheduler.Options{
+		Sweep: cfg.SchedulerSweep, HeartbeatTimeout: cfg.HeartbeatTimeout, LostAfter: cfg.WorkerLostAfter,
+		Logger: s.log.With().Str("component", "scheduler").Logger(), Registerer: s.reg,
+	})
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	if err := s.subscribe(runCtx); err != nil {
+		return nil, err
+	}
+	s.goRun(func() { s.sched.Run(runCtx) })
+	s.goRun(func() { s.relay(runCtx) })
+
+	if s.listener, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	s.http = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	s.goRun(func() {
+		if err := s.http.Serve(s.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error().Err(err).Msg("http server")
+		}
+	})
+	s.log.Info().Str("url", s.URL()).Str("database", string(s.store.Dialect())).Msg("kiln-server listening")
+	ok = true
+	return s, nil
+}
+
+// ensureStream creates the work-queue stream, retrying while an external
+// NATS is still starting.
+func (s *Server) ensureStream(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := bus.EnsureStream(sctx, s.js, s.names, s.cfg.NATSReplicas)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		s.log.Warn().Err(err).Msg("waiting for jetstream")
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (s *Server) goRun(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// URL is the server's base URL, for example http://127.0.0.1:8080.
+func (s *Server) URL() string {
+	if s.cfg.PublicURL != "" {
+		return strings.TrimRight(s.cfg.PublicURL, "/")
+	}
+	return "http://" + s.listener.Addr().String()
+}
+
+// APIURL is the api-url a client config needs (URL + "/api").
+func (s *Server) APIURL() string { return s.URL() + "/api" }
+
+// NATSURL is the NATS URL handed to workers.
+func (s *Server) NATSURL() string {
+	if s.cfg.NATSAdvertise != "" {
+		return s.cfg.NATSAdvertise
+	}
+	return s.natsURL
+}
+
+// Store gives tests and admin commands the store.
+func (s *Server) Store() *store.Store { return s.store }
+
+// Names returns the NATS names the server uses.
+func (s *Server) Names() bus.Names { return s.names }
+
+// Scheduler returns the scheduler.
+func (s *Server) Scheduler() *scheduler.Scheduler { return s.sched }
+
+// Close stops everything New started, in reverse order.
+func (s *Server) Close() error {
+	if s.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = s.http.Shutdown(ctx)
+		cancel()
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	if s.nc != nil {
+		_ = s.nc.Drain()
+		s.nc.Close()
+	}
+	if s.embedded != nil {
+		s.embedded.Shutdown()
+	}
+	if s.store != nil {
+		return s.store.Close()
+	}
+	return nil
+}

@@ -1,0 +1,183 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// Shape is a group of unassigned pending requests that CanRunOn cannot tell
+// apart: same task, same requirements.
+type Shape struct {
+	Shape    string `db:"shape"`
+	TaskName string `db:"task_name"`
+	// SampleID is one request of the group, whose task data stands for all.
+	SampleID int64 `db:"sample_id"`
+	Count    int64 `db:"n"`
+	// TopPriority is the highest effective priority in the group.
+	TopPriority int `db:"top_priority"`
+}
+
+// PendingShapes returns the groups of unassigned pending requests.
+func (s *Store) PendingShapes(ctx context.Context) ([]Shape, error) {
+	var out []Shape
+	err := s.r.SelectContext(ctx, &out, `SELECT shape, MIN(task_name) AS task_name, MIN(id) AS sample_id,
+		COUNT(*) AS n, MAX(priority) AS top_priority
+		FROM work_requests WHERE status = 'pending' AND worker_id IS NULL GROUP BY shape`)
+	if err != nil {
+		return nil, fmt.Errorf("pending shapes: %w", err)
+	}
+	return out, nil
+}
+
+// QueueItem is an unassigned pending request as the scheduler sees it.
+type QueueItem struct {
+	ID        int64     `db:"id"`
+	Shape     string    `db:"shape"`
+	Priority  int       `db:"priority"`
+	CreatedAt time.Time `db:"created_at"`
+	Attempt   int       `db:"attempt"`
+}
+
+// Queue returns up to limit unassigned pending requests of one shape in
+// scheduling order: effective priority descending, then oldest first.
+func (s *Store) Queue(ctx context.Context, shape string, limit int) ([]QueueItem, error) {
+	var out []QueueItem
+	err := s.r.SelectContext(ctx, &out, s.rebind(`SELECT id, shape, priority, created_at, attempt FROM work_requests
+		WHERE status = 'pending' AND worker_id IS NULL AND shape = ?
+		ORDER BY priority DESC, created_at, id LIMIT ?`), shape, limit)
+	if err != nil {
+		return nil, fmt.Errorf("queue of %s: %w", shape, err)
+	}
+	return out, nil
+}
+
+// Message is a NATS message recorded in the outbox in the same transaction as
+// the state change it announces.
+type Message struct {
+	ID        int64     `db:"id"`
+	Subject   string    `db:"subject"`
+	MsgID     string    `db:"msg_id"`
+	Payload   string    `db:"payload"`
+	CreatedAt time.Time `db:"created_at"`
+}
+
+// Assign gives request id to worker workerID, provided the request is still
+// unassigned and pending with that attempt and the worker has fewer than
+// limit active requests, and records msg in the outbox in the same
+// transaction. ErrConflict when either condition fails.
+func (s *Store) Assign(ctx context.Context, id int64, attempt int, workerID int64, limit int, msg Message) (Message, error) {
+	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		var active int
+		if err := tx.GetContext(ctx, &active, tx.Rebind(`SELECT COUNT(*) FROM work_requests
+			WHERE worker_id = ? AND status IN ('pending', 'running')`), workerID); err != nil {
+			return err
+		}
+		if active >= limit {
+			return fmt.Errorf("worker %d has %d of %d slots taken: %w", workerID, active, limit, ErrConflict)
+		}
+		t := now()
+		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET worker_id = ?, assigned_at = ?
+			WHERE id = ? AND attempt = ? AND status = 'pending' AND worker_id IS NULL`), workerID, t, id, attempt)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("work request %d is no longer waiting: %w", id, ErrConflict)
+		}
+		msg.CreatedAt = t
+		return tx.GetContext(ctx, &msg.ID, tx.Rebind(`INSERT INTO outbox (subject, msg_id, payload, created_at)
+			VALUES (?, ?, ?, ?) RETURNING id`), msg.Subject, msg.MsgID, msg.Payload, t)
+	})
+	if err != nil {
+		return Message{}, fmt.Errorf("assign work request %d to worker %d: %w", id, workerID, err)
+	}
+	return msg, nil
+}
+
+// Enqueue records a message in the outbox on its own (an abort, say).
+func (s *Store) Enqueue(ctx context.Context, msg Message) (Message, error) {
+	msg.CreatedAt = now()
+	err := s.w.GetContext(ctx, &msg.ID, s.rebind(`INSERT INTO outbox (subject, msg_id, payload, created_at)
+		VALUES (?, ?, ?, ?) RETURNING id`), msg.Subject, msg.MsgID, msg.Payload, msg.CreatedAt)
+	if err != nil {
+		return Message{}, fmt.Errorf("outbox: %w", err)
+	}
+	return msg, nil
+}
+
+// Outbox returns up to limit messages recorded before the given time, oldest
+// first: those whose publication was not confirmed.
+func (s *Store) Outbox(ctx context.Context, before time.Time, limit int) ([]Message, error) {
+	var out []Message
+	err := s.r.SelectContext(ctx, &out, s.rebind(`SELECT * FROM outbox WHERE created_at < ? ORDER BY id LIMIT ?`), before.UTC(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	return out, nil
+}
+
+// Published removes a message from the outbox once JetStream has stored it.
+func (s *Store) Published(ctx context.Context, id int64) error {
+	_, err := s.w.ExecContext(ctx, s.rebind(`DELETE FROM outbox WHERE id = ?`), id)
+	if err != nil {
+		return fmt.Errorf("outbox delete %d: %w", id, err)
+	}
+	return nil
+}
+
+// SetWaitingReasons replaces the reasons why groups of pending requests wait.
+// Shapes not in reasons lose theirs.
+func (s *Store) SetWaitingReasons(ctx context.Context, reasons map[string]string) error {
+	var existing []struct {
+		Shape  string `db:"shape"`
+		Reason string `db:"reason"`
+	}
+	if err := s.r.SelectContext(ctx, &existing, `SELECT shape, reason FROM waiting_reasons`); err != nil {
+		return fmt.Errorf("waiting reasons: %w", err)
+	}
+	have := make(map[string]string, len(existing))
+	for _, e := range existing {
+		have[e.Shape] = e.Reason
+	}
+	changed := false
+	for k, v := range reasons {
+		if have[k] != v {
+			changed = true
+		}
+	}
+	for k := range have {
+		if _, ok := reasons[k]; !ok {
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	return s.tx(ctx, func(tx *sqlx.Tx) error {
+		t := now()
+		for k := range have {
+			if _, ok := reasons[k]; !ok {
+				if _, err := tx.ExecContext(ctx, tx.Rebind(`DELETE FROM waiting_reasons WHERE shape = ?`), k); err != nil {
+					return err
+				}
+			}
+		}
+		for k, v := range reasons {
+			old, ok := have[k]
+			switch {
+			case !ok:
+				if _, err := tx.ExecContext(ctx, tx.Rebind(`INSERT INTO waiting_reasons (shape, reason, updated_at) VALUES (?, ?, ?)`), k, v, t); err != nil {
+					return err
+				}
+			case old != v:
+				if _, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE waiting_reasons SET reason = ?, updated_at = ? WHERE shape = ?`), v, t, k); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,314 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// WorkRequest is a stored work request.
+type WorkRequest struct {
+	ID                 int64          `db:"id"`
+	TaskName           string         `db:"task_name"`
+	TaskType           string         `db:"task_type"`
+	TaskData           string         `db:"task_data"`
+	DynamicTaskData    sql.NullString `db:"dynamic_task_data"`
+	Status             string         `db:"status"`
+	Result             string         `db:"result"`
+	PriorityBase       int            `db:"priority_base"`
+	PriorityAdjustment int            `db:"priority_adjustment"`
+	Priority           int            `db:"priority"`
+	WorkerID           sql.NullInt64  `db:"worker_id"`
+	Workspace          string         `db:"workspace"`
+	CreatedBy          sql.NullInt64  `db:"created_by"`
+	AbortedBy          sql.NullInt64  `db:"aborted_by"`
+	CreatedAt          time.Time      `db:"created_at"`
+	AssignedAt         sql.NullTime   `db:"assigned_at"`
+	StartedAt          sql.NullTime   `db:"started_at"`
+	CompletedAt        sql.NullTime   `db:"completed_at"`
+	Attempt            int            `db:"attempt"`
+	Supersedes         sql.NullInt64  `db:"supersedes"`
+	SupersededBy       sql.NullInt64  `db:"superseded_by"`
+	Shape              string         `db:"shape"`
+	Output             string         `db:"output"`
+	WaitingReason      sql.NullString `db:"waiting_reason"`
+}
+
+const wrColumns = `work_requests.*, CASE WHEN work_requests.status = 'pending' AND work_requests.worker_id IS NULL
+	THEN waiting_reasons.reason END AS waiting_reason`
+const wrFrom = ` FROM work_requests LEFT JOIN waiting_reasons ON waiting_reasons.shape = work_requests.shape`
+
+// NewWorkRequest is what CreateWorkRequest needs.
+type NewWorkRequest struct {
+	TaskName     string
+	TaskType     string
+	TaskData     string
+	Workspace    string
+	PriorityBase int
+	CreatedBy    int64
+	Shape        string
+}
+
+// CreateWorkRequest stores a new pending work request.
+func (s *Store) CreateWorkRequest(ctx context.Context, n NewWorkRequest) (WorkRequest, error) {
+	var id int64
+	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		var err error
+		id, err = insertWorkRequest(ctx, tx, n, sql.NullInt64{})
+		return err
+	})
+	if err != nil {
+		return WorkRequest{}, fmt.Errorf("create work request: %w", err)
+	}
+	return s.WorkRequest(ctx, id)
+}
+
+func insertWorkRequest(ctx context.Context, tx *sqlx.Tx, n NewWorkRequest, supersedes sql.NullInt64) (int64, error) {
+	var createdBy any
+	if n.CreatedBy != 0 {
+		createdBy = n.CreatedBy
+	}
+	var id int64
+	err := tx.GetContext(ctx, &id, tx.Rebind(`INSERT INTO work_requests
+		(task_name, task_type, task_data, status, priority_base, priority_adjustment, priority, workspace, created_by, created_at, attempt, supersedes, shape)
+		VALUES (?, ?, ?, 'pending', ?, 0, ?, ?, ?, ?, 1, ?, ?) RETURNING id`),
+		n.TaskName, n.TaskType, n.TaskData, n.PriorityBase, n.PriorityBase, n.Workspace, createdBy, now(), supersedes, n.Shape)
+	return id, err
+}
+
+// WorkRequest returns one work request.
+func (s *Store) WorkRequest(ctx context.Context, id int64) (WorkRequest, error) {
+	var wr WorkRequest
+	err := s.r.GetContext(ctx, &wr, s.rebind(`SELECT `+wrColumns+wrFrom+` WHERE work_requests.id = ?`), id)
+	if err != nil {
+		return WorkRequest{}, notFound("work request", id, err)
+	}
+	return wr, nil
+}
+
+// ListFilter selects work requests for ListWorkRequests.
+type ListFilter struct {
+	// BeforeID, when non-zero, returns only ids below it (the cursor).
+	BeforeID int64
+	// AfterID, when non-zero, returns only ids above it (paging back).
+	AfterID  int64
+	Limit    int
+	Status   string
+	TaskName string
+	WorkerID int64
+}
+
+// ListWorkRequests returns work requests newest first (oldest first when
+// paging back with AfterID, which the caller reverses).
+func (s *Store) ListWorkRequests(ctx context.Context, f ListFilter) ([]WorkRequest, error) {
+	var where []string
+	var args []any
+	order := "DESC"
+	if f.BeforeID > 0 {
+		where = append(where, "work_requests.id < ?")
+		args = append(args, f.BeforeID)
+	}
+	if f.AfterID > 0 {
+		where = append(where, "work_requests.id > ?")
+		args = append(args, f.AfterID)
+		order = "ASC"
+	}
+	if f.Status != "" {
+		where = append(where, "work_requests.status = ?")
+		args = append(args, f.Status)
+	}
+	if f.TaskName != "" {
+		where = append(where, "work_requests.task_name = ?")
+		args = append(args, f.TaskName)
+	}
+	if f.WorkerID != 0 {
+		where = append(where, "work_requests.worker_id = ?")
+		args = append(args, f.WorkerID)
+	}
+	q := `SELECT ` + wrColumns + wrFrom
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY work_requests.id " + order + " LIMIT ?"
+	args = append(args, max(f.Limit, 1))
+	var out []WorkRequest
+	if err := s.r.SelectContext(ctx, &out, s.rebind(q), args...); err != nil {
+		return nil, fmt.Errorf("list work requests: %w", err)
+	}
+	return out, nil
+}
+
+// CountWorkRequests counts work requests, optionally of one status.
+func (s *Store) CountWorkRequests(ctx context.Context, status string) (int64, error) {
+	var n int64
+	var err error
+	if status == "" {
+		err = s.r.GetContext(ctx, &n, `SELECT COUNT(*) FROM work_requests`)
+	} else {
+		err = s.r.GetContext(ctx, &n, s.rebind(`SELECT COUNT(*) FROM work_requests WHERE status = ?`), status)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("count work requests: %w", err)
+	}
+	return n, nil
+}
+
+// SetPriorityAdjustment changes a request's priority adjustment.
+func (s *Store) SetPriorityAdjustment(ctx context.Context, id int64, adj int) error {
+	return s.execOne(ctx, "work request", id,
+		`UPDATE work_requests SET priority_adjustment = ?, priority = priority_base + ? WHERE id = ?`, adj, adj, id)
+}
+
+// Abort marks a pending, blocked or running request aborted by user by. It
+// returns the request as it was before, so the caller knows which worker (if
+// any) to tell. ErrConflict when it has already finished.
+func (s *Store) Abort(ctx context.Context, id int64, by int64) (WorkRequest, error) {
+	var before WorkRequest
+	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		if err := tx.GetContext(ctx, &before, tx.Rebind(`SELECT `+wrColumns+wrFrom+` WHERE work_requests.id = ?`), id); err != nil {
+			return notFound("work request", id, err)
+		}
+		var abortedBy any
+		if by != 0 {
+			abortedBy = by
+		}
+		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'aborted', aborted_by = ?, completed_at = ?
+			WHERE id = ? AND status IN ('pending', 'blocked', 'running')`), abortedBy, now(), id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("work request %d is %s: %w", id, before.Status, ErrConflict)
+		}
+		return nil
+	})
+	if err != nil {
+		return WorkRequest{}, fmt.Errorf("abort: %w", err)
+	}
+	return before, nil
+}
+
+// Retry creates a new request that supersedes id, which must have ended in
+// failure, error or aborted and not have been retried already.
+func (s *Store) Retry(ctx context.Context, id int64, by int64) (WorkRequest, error) {
+	var newID int64
+	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		var old WorkRequest
+		if err := tx.GetContext(ctx, &old, tx.Rebind(`SELECT `+wrColumns+wrFrom+` WHERE work_requests.id = ?`), id); err != nil {
+			return notFound("work request", id, err)
+		}
+		retriable := old.Status == "aborted" || (old.Status == "completed" && (old.Result == "failure" || old.Result == "error"))
+		if !retriable {
+			what := old.Status
+			if old.Result != "" {
+				what += "/" + old.Result
+			}
+			return fmt.Errorf("work request %d is %s, only failed, errored or aborted requests can be retried: %w", id, what, ErrConflict)
+		}
+		if old.SupersededBy.Valid {
+			return fmt.Errorf("work request %d was already retried as %d: %w", id, old.SupersededBy.Int64, ErrConflict)
+		}
+		createdBy := by
+		if createdBy == 0 && old.CreatedBy.Valid {
+			createdBy = old.CreatedBy.Int64
+		}
+		var err error
+		newID, err = insertWorkRequest(ctx, tx, NewWorkRequest{
+			TaskName: old.TaskName, TaskType: old.TaskType, TaskData: old.TaskData, Workspace: old.Workspace,
+			PriorityBase: old.PriorityBase, CreatedBy: createdBy, Shape: old.Shape,
+		}, sql.NullInt64{Int64: id, Valid: true})
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET superseded_by = ? WHERE id = ?`), newID, id); err != nil {
+			return err
+		}
+		// Keep the adjustment: a retry should not lose its place.
+		_, err = tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET priority_adjustment = ?, priority = ? WHERE id = ?`),
+			old.PriorityAdjustment, old.PriorityBase+old.PriorityAdjustment, newID)
+		return err
+	})
+	if err != nil {
+		return WorkRequest{}, fmt.Errorf("retry: %w", err)
+	}
+	return s.WorkRequest(ctx, newID)
+}
+
+// Start moves a request assigned to workerID with that attempt to running.
+// ErrConflict when it is no longer assigned to that worker and attempt, or
+// was already started: the assignment message is stale.
+func (s *Store) Start(ctx context.Context, id, workerID int64, attempt int) (WorkRequest, error) {
+	res, err := s.w.ExecContext(ctx, s.rebind(`UPDATE work_requests SET status = 'running', started_at = ?
+		WHERE id = ? AND worker_id = ? AND attempt = ? AND status = 'pending'`), now(), id, workerID, attempt)
+	if err != nil {
+		return WorkRequest{}, fmt.Errorf("start work request %d: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		wr, err := s.WorkRequest(ctx, id)
+		if err != nil {
+			return WorkRequest{}, err
+		}
+		return wr, fmt.Errorf("start work request %d (status %s, attempt %d): %w", id, wr.Status, wr.Attempt, ErrConflict)
+	}
+	return s.WorkRequest(ctx, id)
+}
+
+// Complete records the result reported by workerID. ErrNotFound when the
+// request is not assigned to that worker (or that attempt); ErrConflict when
+// it is assigned to it but already finished (for example aborted).
+func (s *Store) Complete(ctx context.Context, id, workerID int64, attempt int, result, output string) (WorkRequest, error) {
+	var wr WorkRequest
+	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		if err := tx.GetContext(ctx, &wr, tx.Rebind(`SELECT `+wrColumns+wrFrom+` WHERE work_requests.id = ?`), id); err != nil {
+			return notFound("work request", id, err)
+		}
+		if !wr.WorkerID.Valid || wr.WorkerID.Int64 != workerID || (attempt != 0 && attempt != wr.Attempt) {
+			return fmt.Errorf("work request %d is not assigned to this worker: %w", id, ErrNotFound)
+		}
+		if wr.Status != "running" && wr.Status != "pending" {
+			if wr.Status == "completed" && wr.Result == result {
+				return nil // a repeated report of the same result is not an error
+			}
+			return fmt.Errorf("work request %d is already %s: %w", id, wr.Status, ErrConflict)
+		}
+		t := now()
+		_, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'completed', result = ?, output = ?,
+			completed_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?`), result, output, t, t, id)
+		return err
+	})
+	if err != nil {
+		return WorkRequest{}, fmt.Errorf("complete: %w", err)
+	}
+	return s.WorkRequest(ctx, id)
+}
+
+// NextForWorker returns the oldest request assigned to workerID that it has
+// not started, or ErrNotFound.
+func (s *Store) NextForWorker(ctx context.Context, workerID int64) (WorkRequest, error) {
+	var wr WorkRequest
+	err := s.r.GetContext(ctx, &wr, s.rebind(`SELECT `+wrColumns+wrFrom+`
+		WHERE work_requests.worker_id = ? AND work_requests.status = 'pending'
+		ORDER BY work_requests.priority DESC, work_requests.created_at, work_requests.id LIMIT 1`), workerID)
+	if err != nil {
+		return WorkRequest{}, notFound("next work request for worker", workerID, err)
+	}
+	return wr, nil
+}
+
+// ActiveForWorker lists the requests assigned to or running on a worker.
+func (s *Store) ActiveForWorker(ctx context.Context, workerID int64) ([]WorkRequest, error) {
+	var out []WorkRequest
+	err := s.r.SelectContext(ctx, &out, s.rebind(`SELECT `+wrColumns+wrFrom+`
+		WHERE work_requests.worker_id = ? AND work_requests.status IN ('pending', 'running') ORDER BY work_requests.id`), workerID)
+	if err != nil {
+		return nil, fmt.Errorf("active work requests of worker %d: %w", workerID, err)
+	}
+	return out, nil
+}
+
+var _ = errors.New

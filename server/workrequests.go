@@ -1,0 +1,394 @@
+package server
+
+import (
+	"bytes"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kiln-ci/kiln/bus"
+	"github.com/kiln-ci/kiln/schemas"
+	"github.com/kiln-ci/kiln/server/store"
+	"github.com/kiln-ci/kiln/tasks"
+)
+
+// Listing limits.
+const (
+	defaultPageSize = 10
+	maxPageSize     = 1000
+	maxOutputBytes  = 64 << 10
+)
+
+func (s *Server) toWire(wr store.WorkRequest) schemas.WorkRequest {
+	out := schemas.WorkRequest{
+		ID:                 wr.ID,
+		URL:                fmt.Sprintf("/%s/%s/work-request/%d/", s.cfg.Scope, url.PathEscape(wr.Workspace), wr.ID),
+		CreatedAt:          wr.CreatedAt.UTC(),
+		Status:             schemas.Status(wr.Status),
+		Result:             schemas.Result(wr.Result),
+		TaskType:           wr.TaskType,
+		TaskName:           wr.TaskName,
+		TaskData:           json.RawMessage(wr.TaskData),
+		PriorityBase:       wr.PriorityBase,
+		PriorityAdjustment: wr.PriorityAdjustment,
+		Artifacts:          []int64{},
+		Workspace:          wr.Workspace,
+		Scope:              s.cfg.Scope,
+		Attempt:            wr.Attempt,
+		Output:             wr.Output,
+	}
+	if wr.DynamicTaskData.Valid {
+		out.DynamicTaskData = json.RawMessage(wr.DynamicTaskData.String)
+	} else {
+		out.DynamicTaskData = json.RawMessage("null")
+	}
+	t := func(n sql.NullTime) *time.Time {
+		if !n.Valid {
+			return nil
+		}
+		v := n.Time.UTC()
+		return &v
+	}
+	i := func(valid bool, v int64) *int64 {
+		if !valid {
+			return nil
+		}
+		return &v
+	}
+	out.StartedAt = t(wr.StartedAt)
+	out.CompletedAt = t(wr.CompletedAt)
+	out.AssignedAt = t(wr.AssignedAt)
+	out.Worker = i(wr.WorkerID.Valid, wr.WorkerID.Int64)
+	out.CreatedBy = i(wr.CreatedBy.Valid, wr.CreatedBy.Int64)
+	out.AbortedBy = i(wr.AbortedBy.Valid, wr.AbortedBy.Int64)
+	out.Supersedes = i(wr.Supersedes.Valid, wr.Supersedes.Int64)
+	out.SupersededBy = i(wr.SupersededBy.Valid, wr.SupersededBy.Int64)
+	if out.StartedAt != nil && out.CompletedAt != nil {
+		d := int64(out.CompletedAt.Sub(*out.StartedAt).Seconds())
+		out.Duration = &d
+	}
+	if wr.WaitingReason.Valid {
+		out.WaitingReason = wr.WaitingReason.String
+	} else if wr.Status == string(schemas.StatusPending) && wr.WorkerID.Valid {
+		out.WaitingReason = "assigned; waiting for the worker to start it"
+	} else if wr.Status == string(schemas.StatusPending) {
+		out.WaitingReason = "waiting for the scheduler"
+	}
+	return out
+}
+
+func (s *Server) createWorkRequest(w http.ResponseWriter, r *http.Request) {
+	u := userFrom(r.Context())
+	var in schemas.WorkRequestCreate
+	const title = "Cannot deserialize work request"
+	if !s.decodeBody(w, r, &in, title) {
+		return
+	}
+	switch {
+	case in.TaskName == "":
+		writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: title, Detail: "task_name is required",
+			ValidationErrors: map[string][]string{"/task_name": {"This field is required."}}})
+		return
+	case len(in.TaskData) == 0 || in.TaskData[0] != '{':
+		writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: title, Detail: "task_data must be a JSON object",
+			ValidationErrors: map[string][]string{"/task_data": {"must be a JSON object"}}})
+		return
+	}
+	if len(in.EventReactions) > 0 && string(in.EventReactions) != "{}" && string(in.EventReactions) != "null" {
+		writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: "Invalid event_reactions",
+			Detail:           "Kiln does not support event reactions yet",
+			ValidationErrors: map[string][]string{"/event_reactions": {"not supported"}}})
+		return
+	}
+	prio := 0
+	if in.PriorityBase != nil {
+		if !u.IsAdmin {
+			problem(w, http.StatusForbidden, "You are not permitted to set priority_base", "only admins may set a work request's base priority")
+			return
+		}
+		prio = *in.PriorityBase
+	}
+	task, err := s.cfg.Registry.Get(in.TaskName)
+	if err != nil {
+		writeProblem(w, schemas.Problem{Status: http.StatusBadRequest,
+			Title:            "Cannot create work request: task name is not registered",
+			Detail:           fmt.Sprintf("Task name: %q. Registered task names: %s", in.TaskName, strings.Join(s.cfg.Registry.Names(), ", ")),
+			ValidationErrors: map[string][]string{"/task_name": {"unknown task " + strconv.Quote(in.TaskName)}}})
+		return
+	}
+	if err := s.cfg.Registry.Validate(in.TaskName, in.TaskData); err != nil {
+		var ve *tasks.ValidationError
+		if errors.As(err, &ve) {
+			p := schemas.Problem{Status: http.StatusBadRequest, Title: "Cannot create work request: invalid task data",
+				Detail: ve.Error(), ValidationErrors: map[string][]string{}}
+			for _, vp := range ve.Problems {
+				k := "/task_data" + vp.Pointer
+				p.ValidationErrors[k] = append(p.ValidationErrors[k], vp.Message)
+			}
+			writeProblem(w, p)
+			return
+		}
+		problem(w, http.StatusInternalServerError, "Error", err.Error())
+		return
+	}
+	req, err := task.Requirements(in.TaskData)
+	if err != nil {
+		problem(w, http.StatusBadRequest, "Cannot create work request: invalid task data", err.Error())
+		return
+	}
+	ws := in.Workspace
+	if ws == "" {
+		ws = s.cfg.Workspace
+	}
+	wr, err := s.store.CreateWorkRequest(r.Context(), store.NewWorkRequest{
+		TaskName: in.TaskName, TaskType: string(task.Type()), TaskData: compactJSON(in.TaskData),
+		Workspace: ws, PriorityBase: prio, CreatedBy: u.ID, Shape: tasks.ShapeKey(in.TaskName, req),
+	})
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	s.metrics.created.WithLabelValues(wr.TaskName).Inc()
+	s.log.Info().Int64("work_request", wr.ID).Str("task", wr.TaskName).Str("user", u.Username).Msg("work request created")
+	s.kickScheduler()
+	writeJSON(w, http.StatusOK, s.toWire(wr))
+}
+
+func compactJSON(b json.RawMessage) string {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		return string(b)
+	}
+	return buf.String()
+}
+
+func (s *Server) getWorkRequest(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return
+	}
+	wr, err := s.store.WorkRequest(r.Context(), id)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.toWire(wr))
+}
+
+// listWorkRequests pages newest first with an opaque cursor; next and
+// previous are absolute URLs, as the debusine client follows them verbatim.
+func (s *Server) listWorkRequests(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit := defaultPageSize
+	for _, key := range []string{"limit", "page_size"} {
+		if v := q.Get(key); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: "Invalid query",
+					Detail: key + " must be a positive integer", ValidationErrors: map[string][]string{key: {"must be a positive integer"}}})
+				return
+			}
+			limit = min(n, maxPageSize)
+		}
+	}
+	f := store.ListFilter{Limit: limit + 1, Status: q.Get("status"), TaskName: q.Get("task_name")}
+	if v := q.Get("worker"); v != "" {
+		f.WorkerID, _ = strconv.ParseInt(v, 10, 64)
+	}
+	back := false
+	if c := q.Get("cursor"); c != "" {
+		dir, id, err := decodeCursor(c)
+		if err != nil {
+			problem(w, http.StatusBadRequest, "Invalid cursor", err.Error())
+			return
+		}
+		if dir == 'b' {
+			f.BeforeID = id
+		} else {
+			f.AfterID, back = id, true
+		}
+	}
+	rows, err := s.store.ListWorkRequests(r.Context(), f)
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	more := len(rows) > limit
+	if more {
+		rows = rows[:limit]
+	}
+	if back {
+		for i, j := 0, len(rows)-1; i < j; i, j = i+1, j-1 {
+			rows[i], rows[j] = rows[j], rows[i]
+		}
+	}
+	page := schemas.Page[schemas.WorkRequest]{Results: make([]schemas.WorkRequest, 0, len(rows))}
+	for _, wr := range rows {
+		page.Results = append(page.Results, s.toWire(wr))
+	}
+	if len(rows) > 0 {
+		hasNext := more || back
+		hasPrev := (!back && f.BeforeID > 0) || (back && more)
+		if hasNext {
+			u := s.pageURL(r, "b", rows[len(rows)-1].ID)
+			page.Next = &u
+		}
+		if hasPrev {
+			u := s.pageURL(r, "a", rows[0].ID)
+			page.Previous = &u
+		}
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+func (s *Server) pageURL(r *http.Request, dir string, id int64) string {
+	q := r.URL.Query()
+	q.Set("cursor", base64.RawURLEncoding.EncodeToString([]byte(dir+strconv.FormatInt(id, 10))))
+	return s.baseURL(r) + r.URL.Path + "?" + q.Encode()
+}
+
+func decodeCursor(c string) (byte, int64, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil || len(raw) < 2 || (raw[0] != 'a' && raw[0] != 'b') {
+		return 0, 0, errors.New("the cursor is not one this server made")
+	}
+	id, err := strconv.ParseInt(string(raw[1:]), 10, 64)
+	if err != nil {
+		return 0, 0, errors.New("the cursor is not one this server made")
+	}
+	return raw[0], id, nil
+}
+
+// baseURL is PublicURL, or the scheme and host the request came to.
+func (s *Server) baseURL(r *http.Request) string {
+	if s.cfg.PublicURL != "" {
+		return strings.TrimRight(s.cfg.PublicURL, "/")
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}
+
+func (s *Server) mayManage(u *store.User, wr store.WorkRequest) bool {
+	return u.IsAdmin || (wr.CreatedBy.Valid && wr.CreatedBy.Int64 == u.ID)
+}
+
+func (s *Server) patchWorkRequest(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return
+	}
+	u := userFrom(r.Context())
+	var in schemas.WorkRequestPatch
+	if !s.decodeBody(w, r, &in, "Cannot deserialize work request update") {
+		return
+	}
+	wr, err := s.store.WorkRequest(r.Context(), id)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if in.PriorityAdjustment != nil {
+		adj := *in.PriorityAdjustment
+		if (adj > 0 && !u.IsAdmin) || !s.mayManage(u, wr) {
+			problem(w, http.StatusForbidden, "You are not permitted to set priority adjustments",
+				"admins may set any adjustment; the creator of a request may lower its priority (adjustment <= 0)")
+			return
+		}
+		if err := s.store.SetPriorityAdjustment(r.Context(), id, adj); err != nil {
+			s.storeError(w, err)
+			return
+		}
+		s.kickScheduler()
+		if wr, err = s.store.WorkRequest(r.Context(), id); err != nil {
+			s.storeError(w, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, s.toWire(wr))
+}
+
+func (s *Server) abortWorkRequest(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r)
+	if !ok || !s.decodeBody(w, r, &struct{}{}, "Cannot abort work request") {
+		return
+	}
+	u := userFrom(r.Context())
+	wr, err := s.store.WorkRequest(r.Context(), id)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if !s.mayManage(u, wr) {
+		problem(w, http.StatusForbidden, "You are not permitted to abort this work request", "only its creator and admins may abort it")
+		return
+	}
+	before, err := s.store.Abort(r.Context(), id, u.ID)
+	if errors.Is(err, store.ErrConflict) {
+		problem(w, http.StatusBadRequest, "Cannot abort work request", "Only pending, blocked, or running tasks can be aborted")
+		return
+	}
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if before.WorkerID.Valid {
+		s.sendControl(r.Context(), before.WorkerID.Int64,
+			bus.Control{Type: bus.ControlAbort, WorkRequestID: id, Attempt: before.Attempt},
+			fmt.Sprintf("abort-%d-%d", id, before.Attempt))
+	}
+	s.log.Info().Int64("work_request", id).Str("user", u.Username).Msg("work request aborted")
+	s.kickScheduler()
+	s.getWorkRequest(w, r)
+}
+
+func (s *Server) retryWorkRequest(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r)
+	if !ok || !s.decodeBody(w, r, &struct{}{}, "Cannot retry work request") {
+		return
+	}
+	u := userFrom(r.Context())
+	wr, err := s.store.WorkRequest(r.Context(), id)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	if !s.mayManage(u, wr) {
+		problem(w, http.StatusForbidden, "You are not permitted to retry this work request", "only its creator and admins may retry it")
+		return
+	}
+	nwr, err := s.store.Retry(r.Context(), id, u.ID)
+	if errors.Is(err, store.ErrConflict) {
+		problem(w, http.StatusBadRequest, "Cannot retry work request", "Only aborted or failed tasks can be retried: "+err.Error())
+		return
+	}
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	s.log.Info().Int64("work_request", nwr.ID).Int64("supersedes", id).Msg("work request retried")
+	s.kickScheduler()
+	writeJSON(w, http.StatusOK, s.toWire(nwr))
+}
+
+func (s *Server) storeError(w http.ResponseWriter, err error) {
+	if errors.Is(err, store.ErrNotFound) {
+		problem(w, http.StatusNotFound, "Error", "No WorkRequest matches the given query.")
+		return
+	}
+	s.internal(w, err)
+}
+
+func (s *Server) internal(w http.ResponseWriter, err error) {
+	s.log.Error().Err(err).Msg("internal error")
+	problem(w, http.StatusInternalServerError, "Internal server error", "see the server log")
+}

@@ -1,0 +1,174 @@
+package tasks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/santhosh-tekuri/jsonschema/v5"
+
+	"github.com/kiln-ci/kiln/schemas"
+)
+
+// ErrUnknownTask is returned for a task name that is not registered.
+var ErrUnknownTask = errors.New("unknown task")
+
+// ValidationError lists what is wrong with task data, each problem named by
+// the JSON pointer (into the task data) that failed.
+type ValidationError struct {
+	Task     string
+	Problems []schemas.ValidationProblem
+}
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		parts[i] = p.Pointer + ": " + p.Message
+	}
+	return fmt.Sprintf("invalid task data for %s: %s", e.Task, strings.Join(parts, "; "))
+}
+
+type entry struct {
+	task   Task
+	schema *jsonschema.Schema
+}
+
+// Registry maps task names to tasks and their compiled task_data schemas. It
+// is safe for concurrent use.
+type Registry struct {
+	mu    sync.RWMutex
+	tasks map[string]entry
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry { return &Registry{tasks: map[string]entry{}} }
+
+// Default returns a registry with every task Kiln ships.
+func Default() *Registry {
+	r := NewRegistry()
+	r.MustRegister(Noop{})
+	return r
+}
+
+// Register adds t, compiling the schema from schemas/tasks/<name>.json.
+func (r *Registry) Register(t Task) error {
+	src, err := schemas.TaskSchema(t.Name())
+	if err != nil {
+		return err
+	}
+	return r.RegisterWithSchema(t, src)
+}
+
+// RegisterWithSchema adds t with an explicit task_data schema.
+func (r *Registry) RegisterWithSchema(t Task, schemaJSON []byte) error {
+	name := t.Name()
+	if name == "" || strings.ToLower(name) != name {
+		return fmt.Errorf("register task %q: names are non-empty and lower-case", name)
+	}
+	c := jsonschema.NewCompiler()
+	c.Draft = jsonschema.Draft2020
+	url := "kiln:///tasks/" + name + ".json"
+	if err := c.AddResource(url, bytes.NewReader(schemaJSON)); err != nil {
+		return fmt.Errorf("register task %s: schema: %w", name, err)
+	}
+	s, err := c.Compile(url)
+	if err != nil {
+		return fmt.Errorf("register task %s: compile schema: %w", name, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.tasks[name]; dup {
+		return fmt.Errorf("register task %s: already registered", name)
+	}
+	r.tasks[name] = entry{task: t, schema: s}
+	return nil
+}
+
+// MustRegister is Register that panics, for package-level set-up.
+func (r *Registry) MustRegister(t Task) {
+	if err := r.Register(t); err != nil {
+		panic(err)
+	}
+}
+
+// Get returns the named task.
+func (r *Registry) Get(name string) (Task, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.tasks[name]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownTask, name)
+	}
+	return e.task, nil
+}
+
+// Names returns the registered task names, sorted.
+func (r *Registry) Names() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]string, 0, len(r.tasks))
+	for n := range r.tasks {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Validate checks data against the named task's schema. It returns
+// ErrUnknownTask, a *ValidationError, or nil.
+func (r *Registry) Validate(name string, data json.RawMessage) error {
+	r.mu.RLock()
+	e, ok := r.tasks[name]
+	r.mu.RUnlock()
+	if !ok {
+		return fmt.Errorf("%w %q", ErrUnknownTask, name)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return &ValidationError{Task: name, Problems: []schemas.ValidationProblem{{Pointer: "", Message: "not valid JSON: " + err.Error()}}}
+	}
+	if err := e.schema.Validate(v); err != nil {
+		var ve *jsonschema.ValidationError
+		if errors.As(err, &ve) {
+			return &ValidationError{Task: name, Problems: flatten(ve)}
+		}
+		return fmt.Errorf("validate %s task data: %w", name, err)
+	}
+	return nil
+}
+
+// flatten turns the schema library's error tree into its leaves, the causes a
+// user can act on.
+func flatten(ve *jsonschema.ValidationError) []schemas.ValidationProblem {
+	if len(ve.Causes) == 0 {
+		ptr := ve.InstanceLocation
+		return []schemas.ValidationProblem{{Pointer: ptr, Message: ve.Message}}
+	}
+	var out []schemas.ValidationProblem
+	for _, c := range ve.Causes {
+		out = append(out, flatten(c)...)
+	}
+	return out
+}
+
+// Analyze returns the worker metadata this registry's tasks contribute:
+// <name>:version for every task plus each task's AnalyzeWorker keys.
+func (r *Registry) Analyze(ctx context.Context) schemas.Metadata {
+	md := schemas.Metadata{}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for name, e := range r.tasks {
+		md[VersionKey(name)] = e.task.Version()
+		for k, v := range e.task.AnalyzeWorker(ctx) {
+			md[k] = v
+		}
+	}
+	return md
+}

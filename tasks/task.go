@@ -1,0 +1,202 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/rs/zerolog"
+
+	"github.com/kiln-ci/kiln/schemas"
+)
+
+// Type says where a task runs, as debusine's task types do.
+type Type string
+
+// Task types. Worker tasks run on external workers; server and signing tasks
+// need a worker of the matching worker type.
+const (
+	TypeWorker  Type = "Worker"
+	TypeServer  Type = "Server"
+	TypeSigning Type = "Signing"
+)
+
+// workerTypeFor maps a task type to the worker type that may run it.
+var workerTypeFor = map[Type]string{
+	TypeWorker:  "external",
+	TypeServer:  "celery",
+	TypeSigning: "signing",
+}
+
+// WorkerTypeFor returns the system:worker_type value that a worker must report
+// to run tasks of type t.
+func WorkerTypeFor(t Type) string { return workerTypeFor[t] }
+
+// Metadata keys that every worker reports and the base rules read.
+const (
+	KeyWorkerType       = "system:worker_type"
+	KeyArchitectures    = "system:architectures"
+	KeyHostArchitecture = "system:host_architecture"
+	KeyCPUCount         = "system:cpu_count"
+	KeyTotalMemory      = "system:total_physical_memory"
+	KeyAllowlist        = "tasks_allowlist"
+	KeyDenylist         = "tasks_denylist"
+)
+
+// VersionKey is the metadata key under which a worker reports the version of
+// the named task.
+func VersionKey(task string) string { return task + ":version" }
+
+// Requirements is what CanRunOn may depend on, extracted from task data. Two
+// requests with equal Requirements for the same task can run on exactly the
+// same workers, which is what lets the scheduler group them.
+type Requirements struct {
+	// HostArchitecture, when set, must appear in system:architectures.
+	HostArchitecture string `json:"host_architecture,omitempty"`
+	// Extra holds task-specific requirements (for example a device type).
+	Extra map[string]string `json:"extra,omitempty"`
+}
+
+// Env is what a running task gets from the worker.
+type Env struct {
+	WorkRequestID int64
+	Attempt       int
+	// Output receives the task's log output.
+	Output io.Writer
+	Logger zerolog.Logger
+}
+
+// Task is the contract every registered task fulfils.
+type Task interface {
+	// Name is the unique lower-case task name.
+	Name() string
+	// Version is TASK_VERSION: a worker runs a task only when it reports
+	// exactly this version.
+	Version() int
+	// Type is the task type (Worker, Server, Signing).
+	Type() Type
+	// AnalyzeWorker runs on the worker and returns the metadata keys this task
+	// contributes, besides <name>:version which the registry adds.
+	AnalyzeWorker(ctx context.Context) schemas.Metadata
+	// Requirements extracts from validated task data what CanRunOn depends on.
+	Requirements(data json.RawMessage) (Requirements, error)
+	// CanRunOn runs on the scheduler: nil when a worker with this metadata can
+	// run a request with these requirements, otherwise an error that says why
+	// not in words a user understands. Implementations start with BaseCanRunOn.
+	CanRunOn(req Requirements, md schemas.Metadata) error
+	// Execute runs on the worker.
+	Execute(ctx context.Context, data json.RawMessage, env Env) (schemas.Result, error)
+}
+
+// ErrCannotRun wraps every CanRunOn refusal, so callers can tell a refusal
+// from a broken task.
+var ErrCannotRun = errors.New("cannot run")
+
+func refuse(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrCannotRun, fmt.Sprintf(format, args...))
+}
+
+// BaseCanRunOn applies the rules every task shares, as debusine does: worker
+// type pairing, the tasks allowlist and denylist (the allowlist wins), exact
+// <task>:version equality, and system:architectures when the requirements
+// name a host architecture.
+func BaseCanRunOn(t Task, req Requirements, md schemas.Metadata) error {
+	want := WorkerTypeFor(t.Type())
+	if got := MetaString(md, KeyWorkerType); got != want {
+		return refuse("task type %s needs a %s worker, this is a %q worker", t.Type(), want, got)
+	}
+	if allow, ok := MetaStrings(md, KeyAllowlist); ok {
+		if !slices.Contains(allow, t.Name()) {
+			return refuse("%s is not in the worker's tasks_allowlist", t.Name())
+		}
+	} else if deny, ok := MetaStrings(md, KeyDenylist); ok && slices.Contains(deny, t.Name()) {
+		return refuse("%s is in the worker's tasks_denylist", t.Name())
+	}
+	v, ok := md[VersionKey(t.Name())]
+	if !ok {
+		return refuse("worker does not report %s", VersionKey(t.Name()))
+	}
+	if got := metaScalar(v); got != strconv.Itoa(t.Version()) {
+		return refuse("worker has %s %s, the server needs %d", VersionKey(t.Name()), got, t.Version())
+	}
+	if req.HostArchitecture != "" {
+		archs, _ := MetaStrings(md, KeyArchitectures)
+		if !slices.Contains(archs, req.HostArchitecture) {
+			return refuse("worker architectures %v do not include %s", archs, req.HostArchitecture)
+		}
+	}
+	return nil
+}
+
+// MetaString returns md[key] as a string, or "" when absent.
+func MetaString(md schemas.Metadata, key string) string {
+	v, ok := md[key]
+	if !ok || v == nil {
+		return ""
+	}
+	return metaScalar(v)
+}
+
+// MetaStrings returns md[key] as a list of strings; ok is false when the key
+// is absent. A single string is treated as a one-element list.
+func MetaStrings(md schemas.Metadata, key string) (list []string, ok bool) {
+	v, ok := md[key]
+	if !ok || v == nil {
+		return nil, false
+	}
+	switch x := v.(type) {
+	case []string:
+		return x, true
+	case []any:
+		for _, e := range x {
+			list = append(list, metaScalar(e))
+		}
+		return list, true
+	case string:
+		return []string{x}, true
+	}
+	return []string{metaScalar(v)}, true
+}
+
+func metaScalar(v any) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64)
+	case json.Number:
+		return x.String()
+	case int:
+		return strconv.Itoa(x)
+	case int64:
+		return strconv.FormatInt(x, 10)
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// ShapeKey is the canonical grouping key of a request: task name plus its
+// requirements. Requests with the same key are interchangeable for CanRunOn.
+func ShapeKey(task string, req Requirements) string {
+	var b strings.Builder
+	b.WriteString(task)
+	if req.HostArchitecture != "" {
+		b.WriteString("|arch=")
+		b.WriteString(req.HostArchitecture)
+	}
+	keys := make([]string, 0, len(req.Extra))
+	for k := range req.Extra {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "|%s=%s", k, req.Extra[k])
+	}
+	return b.String()
+}

@@ -1,0 +1,450 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/kiln-ci/kiln/bus"
+	"github.com/kiln-ci/kiln/client"
+	"github.com/kiln-ci/kiln/schemas"
+	"github.com/kiln-ci/kiln/tasks"
+)
+
+// Config is kiln-worker's configuration; each field is also a flag, a KILN_*
+// variable and a config-file key (see cmd/kiln-worker).
+type Config struct {
+	// APIURL is the server's api-url, for example http://127.0.0.1:8080/api.
+	APIURL string
+	// NATSURL overrides the NATS URL the server advertises (default: ask
+	// the server).
+	NATSURL string
+	// TokenFile holds the worker's token; created (mode 0600) on first start.
+	TokenFile string
+	// ActivationTokenFile, when it exists, holds a one-time token that
+	// registers the worker enabled at once; it is removed after use.
+	ActivationTokenFile string
+	// Name is the name the worker registers with (default: the host name).
+	Name string
+	// Concurrency is how many work requests it runs at once (default 1).
+	Concurrency int
+	// WorkerType is external (default), celery or signing.
+	WorkerType string
+	// Metadata is extra dynamic metadata to report (tests, lab settings).
+	Metadata schemas.Metadata
+
+	Logger     zerolog.Logger
+	Registry   *tasks.Registry
+	HTTPClient *http.Client
+	// RetryMax caps the backoff between retries (default 30s).
+	RetryMax time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	if c.APIURL == "" {
+		return errors.New("worker: an API URL is required (--api-url)")
+	}
+	if c.TokenFile == "" {
+		return errors.New("worker: a token file is required (--token-file)")
+	}
+	if c.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("worker name: %w", err)
+		}
+		c.Name = h
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 1
+	}
+	if c.WorkerType == "" {
+		c.WorkerType = "external"
+	}
+	if c.Registry == nil {
+		c.Registry = tasks.Default()
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = 30 * time.Second
+	}
+	return nil
+}
+
+// Worker is one worker daemon.
+type Worker struct {
+	cfg    Config
+	log    zerolog.Logger
+	api    *client.Client
+	wcfg   schemas.WorkerConfig
+	names  bus.Names
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	slots  chan struct{}
+	runsMu sync.Mutex
+	runs   map[int64]context.CancelCauseFunc
+	wg     sync.WaitGroup
+}
+
+// ErrAborted is the cancellation cause of a run aborted through the API.
+var ErrAborted = errors.New("aborted")
+
+// Run runs the worker until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	w := &Worker{cfg: cfg, log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), runs: map[int64]context.CancelCauseFunc{}}
+	token, err := w.ensureToken(ctx)
+	if err != nil {
+		return err
+	}
+	opts := []client.Option{}
+	if cfg.HTTPClient != nil {
+		opts = append(opts, client.WithHTTPClient(cfg.HTTPClient))
+	}
+	w.api = client.New(cfg.APIURL, token, opts...)
+	if err := w.connect(ctx); err != nil {
+		return err
+	}
+	defer w.nc.Close()
+	w.slots = make(chan struct{}, cfg.Concurrency)
+
+	go w.heartbeat(ctx)
+	go w.control(ctx)
+	w.consume(ctx)
+	w.wg.Wait()
+	return nil
+}
+
+// ensureToken reads the token file, or creates a token and registers it
+// (with the activation token when one is there), retrying until it works.
+func (w *Worker) ensureToken(ctx context.Context) (string, error) {
+	if b, err := os.ReadFile(w.cfg.TokenFile); err == nil {
+		if tok := strings.TrimSpace(string(b)); tok != "" {
+			return tok, nil
+		}
+	} else if !os.IsNotExist(err) {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	token := newToken()
+	activation := ""
+	if w.cfg.ActivationTokenFile != "" {
+		if b, err := os.ReadFile(w.cfg.ActivationTokenFile); err == nil {
+			activation = strings.TrimSpace(string(b))
+		}
+	}
+	api := client.New(w.cfg.APIURL, "", w.clientOpts()...)
+	err := w.retry(ctx, "register", func() error {
+		err := api.RegisterWorker(ctx, schemas.WorkerRegister{Token: token, FQDN: w.cfg.Name, WorkerType: w.cfg.WorkerType}, activation)
+		if client.IsForbidden(err) && activation != "" {
+			return permanent(fmt.Errorf("activation token refused: %w", err))
+		}
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(w.cfg.TokenFile), 0o700); err != nil {
+		return "", fmt.Errorf("token directory: %w", err)
+	}
+	if err := os.WriteFile(w.cfg.TokenFile, []byte(token+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write token file: %w", err)
+	}
+	if activation != "" {
+		_ = os.Remove(w.cfg.ActivationTokenFile)
+	}
+	w.log.Info().Str("token_file", w.cfg.TokenFile).Bool("activated", activation != "").Msg("registered with the server")
+	return token, nil
+}
+
+func (w *Worker) clientOpts() []client.Option {
+	if w.cfg.HTTPClient != nil {
+		return []client.Option{client.WithHTTPClient(w.cfg.HTTPClient)}
+	}
+	return nil
+}
+
+// connect waits until the worker is enabled, reports its metadata, learns the
+// NATS names and creates its durable consumers.
+func (w *Worker) connect(ctx context.Context) error {
+	if err := w.retry(ctx, "report metadata", func() error { return w.sendMetadata(ctx) }); err != nil {
+		return err
+	}
+	err := w.retry(ctx, "fetch worker config", func() error {
+		c, err := w.api.WorkerConfig(ctx)
+		if err == nil {
+			w.wcfg = c
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	w.log = w.log.With().Int64("worker_id", w.wcfg.WorkerID).Logger()
+	url := w.wcfg.NATSURL
+	if w.cfg.NATSURL != "" {
+		url = w.cfg.NATSURL
+	}
+	prefix, _, _ := strings.Cut(w.wcfg.AssignSubject, ".")
+	if w.names, err = bus.NewNames(prefix); err != nil {
+		return err
+	}
+	if w.nc, err = bus.Connect(url, "kiln-worker "+w.wcfg.WorkerName, w.log); err != nil {
+		return err
+	}
+	// Re-send metadata after a NATS reconnection: the server may have
+	// restarted and lost track of this worker.
+	w.nc.SetReconnectHandler(func(*nats.Conn) {
+		go func() {
+			if err := w.sendMetadata(ctx); err != nil {
+				w.log.Warn().Err(err).Msg("metadata after reconnect")
+			}
+		}()
+	})
+	if w.js, err = jetstream.New(w.nc); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	w.log.Info().Str("nats", url).Int("concurrency", w.cfg.Concurrency).Msg("worker connected")
+	return nil
+}
+
+func (w *Worker) sendMetadata(ctx context.Context) error {
+	md := tasks.AnalyzeSystem(ctx, w.cfg.WorkerType)
+	for k, v := range w.cfg.Registry.Analyze(ctx) {
+		md[k] = v
+	}
+	for k, v := range w.cfg.Metadata {
+		md[k] = v
+	}
+	md["kiln:concurrency"] = w.cfg.Concurrency
+	err := w.api.PutDynamicMetadata(ctx, md)
+	if client.IsForbidden(err) {
+		var pe *client.ProblemError
+		if errors.As(err, &pe) && pe.Problem.Code == "worker-disabled" {
+			return fmt.Errorf("waiting for an admin to enable this worker (kiln-server admin worker enable %s)", w.cfg.Name)
+		}
+	}
+	return err
+}
+
+func (w *Worker) heartbeat(ctx context.Context) {
+	interval, err := time.ParseDuration(w.wcfg.HeartbeatInterval)
+	if err != nil || interval <= 0 {
+		interval = 5 * time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		hb := schemas.Heartbeat{WorkerID: w.wcfg.WorkerID, Running: w.running()}
+		b, _ := json.Marshal(hb)
+		if err := w.nc.Publish(w.wcfg.HeartbeatSubject, b); err != nil {
+			w.log.Debug().Err(err).Msg("heartbeat")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (w *Worker) running() []int64 {
+	w.runsMu.Lock()
+	defer w.runsMu.Unlock()
+	ids := make([]int64, 0, len(w.runs))
+	for id := range w.runs {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// consumer (re)creates a durable consumer, retrying through NATS outages.
+func (w *Worker) consumer(ctx context.Context, name, subject string) (jetstream.Consumer, error) {
+	var c jetstream.Consumer
+	err := w.retry(ctx, "create consumer "+name, func() error {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		var err error
+		c, err = bus.WorkerConsumer(cctx, w.js, w.wcfg.Stream, name, subject)
+		return err
+	})
+	return c, err
+}
+
+// messages iterates over a consumer's messages, one at a time, until ctx
+// ends; it recreates the consumer when it disappears (a NATS server that lost
+// its state) and rides out outages.
+func (w *Worker) messages(ctx context.Context, name, subject string, handle func(jetstream.Msg), acquire func() bool, release func()) {
+	for ctx.Err() == nil {
+		cons, err := w.consumer(ctx, name, subject)
+		if err != nil {
+			return
+		}
+		it, err := cons.Messages(jetstream.PullMaxMessages(1), jetstream.PullExpiry(30*time.Second))
+		if err != nil {
+			w.log.Warn().Err(err).Str("consumer", name).Msg("consume")
+			sleep(ctx, time.Second)
+			continue
+		}
+		stop := context.AfterFunc(ctx, it.Stop)
+		for ctx.Err() == nil {
+			if !acquire() {
+				break
+			}
+			msg, err := it.Next()
+			if err != nil {
+				release()
+				if ctx.Err() == nil {
+					w.log.Warn().Err(err).Str("consumer", name).Msg("consume; starting again")
+					sleep(ctx, time.Second)
+				}
+				break
+			}
+			handle(msg)
+		}
+		stop()
+		it.Stop()
+	}
+}
+
+// consume takes assignments, one free slot at a time.
+func (w *Worker) consume(ctx context.Context) {
+	w.messages(ctx, w.wcfg.Consumer, w.wcfg.AssignSubject, func(msg jetstream.Msg) { w.take(ctx, msg) },
+		func() bool {
+			select {
+			case w.slots <- struct{}{}:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}, func() { <-w.slots })
+}
+
+// take confirms an assignment with the server and, if it still holds, runs
+// it. The slot taken by consume is released when the run ends.
+func (w *Worker) take(ctx context.Context, msg jetstream.Msg) {
+	var a schemas.Assignment
+	if err := json.Unmarshal(msg.Data(), &a); err != nil || a.WorkRequestID == 0 {
+		w.log.Warn().Str("subject", msg.Subject()).Msg("malformed assignment dropped")
+		_ = msg.Term()
+		<-w.slots
+		return
+	}
+	log := w.log.With().Int64("work_request", a.WorkRequestID).Int("attempt", a.Attempt).Logger()
+	if a.WorkerID != w.wcfg.WorkerID {
+		log.Warn().Int64("for_worker", a.WorkerID).Msg("assignment for another worker dropped")
+		_ = msg.Term()
+		<-w.slots
+		return
+	}
+	wr, err := w.api.StartWorkRequest(ctx, a.WorkRequestID, a.Attempt)
+	switch {
+	case client.IsConflict(err) || client.IsNotFound(err):
+		log.Info().Err(err).Msg("stale assignment dropped")
+		_ = msg.Ack()
+		<-w.slots
+		return
+	case err != nil:
+		log.Warn().Err(err).Msg("cannot confirm the assignment; it will be redelivered")
+		_ = msg.NakWithDelay(2 * time.Second)
+		<-w.slots
+		return
+	}
+	_ = msg.Ack()
+	runCtx, cancel := context.WithCancelCause(ctx)
+	w.runsMu.Lock()
+	w.runs[wr.ID] = cancel
+	w.runsMu.Unlock()
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		defer func() { <-w.slots }()
+		defer func() {
+			w.runsMu.Lock()
+			delete(w.runs, wr.ID)
+			w.runsMu.Unlock()
+			cancel(nil)
+		}()
+		w.execute(runCtx, ctx, wr, log)
+	}()
+}
+
+// execute runs one work request and reports its result. runCtx ends on
+// abort; ctx on shutdown.
+func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, log zerolog.Logger) {
+	log = log.With().Str("task", wr.TaskName).Logger()
+	out := newTail(64 << 10)
+	result := schemas.ResultError
+	task, err := w.cfg.Registry.Get(wr.TaskName)
+	if err == nil {
+		err = w.cfg.Registry.Validate(wr.TaskName, wr.TaskData)
+	}
+	if err != nil {
+		fmt.Fprintf(out, "cannot run: %v\n", err)
+	} else {
+		log.Info().Msg("running")
+		result, err = task.Execute(runCtx, wr.TaskData, tasks.Env{WorkRequestID: wr.ID, Attempt: wr.Attempt, Output: out, Logger: log})
+		if err != nil {
+			fmt.Fprintf(out, "error: %v\n", err)
+			if result == schemas.ResultNone || result == schemas.ResultSuccess {
+				result = schemas.ResultError
+			}
+		}
+	}
+	if errors.Is(context.Cause(runCtx), ErrAborted) {
+		log.Info().Msg("aborted; not reporting a result")
+		return
+	}
+	if ctx.Err() != nil {
+		log.Warn().Msg("worker stopping; the result of this run is lost")
+		return
+	}
+	log.Info().Str("result", string(result)).Msg("finished")
+	report := schemas.WorkRequestCompleted{Result: result, Attempt: wr.Attempt, Output: out.String()}
+	err = w.retry(ctx, "report result", func() error {
+		err := w.api.CompleteWorkRequest(ctx, wr.ID, report)
+		if code := client.StatusCode(err); code == http.StatusUnauthorized || code == http.StatusConflict || code == http.StatusNotFound {
+			return permanent(err)
+		}
+		return err
+	})
+	if err != nil && ctx.Err() == nil {
+		log.Warn().Err(err).Msg("result refused by the server")
+	}
+}
+
+// control handles aborts and requests for metadata.
+func (w *Worker) control(ctx context.Context) {
+	w.messages(ctx, w.names.ControlConsumer(w.wcfg.WorkerID), w.names.ControlSubject(w.wcfg.WorkerID), func(msg jetstream.Msg) {
+		var c bus.Control
+		if err := json.Unmarshal(msg.Data(), &c); err != nil {
+			_ = msg.Term()
+			return
+		}
+		switch c.Type {
+		case bus.ControlAbort:
+			w.runsMu.Lock()
+			cancel, ok := w.runs[c.WorkRequestID]
+			w.runsMu.Unlock()
+			if ok {
+				w.log.Info().Int64("work_request", c.WorkRequestID).Msg("abort received")
+				cancel(ErrAborted)
+			}
+		case bus.ControlRequestMetadata:
+			if err := w.sendMetadata(ctx); err != nil {
+				w.log.Warn().Err(err).Msg("metadata on request")
+			}
+		}
+		_ = msg.Ack()
+	}, func() bool { return true }, func() {})
+}
