@@ -127,6 +127,7 @@ type bundle struct {
 	admin *client.Client
 	user  *client.Client
 	dir   string
+	dbURL string
 }
 
 func testLogger(t *testing.T) zerolog.Logger {
@@ -149,7 +150,7 @@ func setup(t *testing.T, be backend) *bundle {
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { srv.Close() })
-	b := &bundle{t: t, ctx: ctx, srv: srv, st: srv.Store(), dir: dir}
+	b := &bundle{t: t, ctx: ctx, srv: srv, st: srv.Store(), dir: dir, dbURL: dbURL}
 	b.admin = b.newUser("admin", true)
 	b.user = b.newUser("alice", false)
 	return b
@@ -185,12 +186,9 @@ func (b *bundle) startWorker(name string, concurrency int, md schemas.Metadata) 
 	wdir := filepath.Join(b.dir, "workers", name)
 	require.NoError(b.t, os.MkdirAll(wdir, 0o700))
 	require.NoError(b.t, os.WriteFile(filepath.Join(wdir, "activation-token"), []byte(act), 0o600))
-	w := &testWorker{b: b, id: wk.ID, tokenFile: filepath.Join(wdir, "token"), cfg: worker.Config{
-		APIURL: b.srv.APIURL(), TokenFile: filepath.Join(wdir, "token"),
-		ActivationTokenFile: filepath.Join(wdir, "activation-token"),
-		Name:                name, Concurrency: concurrency, Metadata: md, RetryMax: 500 * time.Millisecond,
-		Logger: testLogger(b.t).With().Str("component", "worker").Logger(),
-	}}
+	w := &testWorker{b: b, id: wk.ID, tokenFile: filepath.Join(wdir, "token")}
+	w.cfg = w.cfgFor(name, concurrency, md)
+	w.cfg.ActivationTokenFile = filepath.Join(wdir, "activation-token")
 	w.start()
 	b.t.Cleanup(w.stop)
 	b.waitFor("worker "+name+" to connect", func() bool {
@@ -199,6 +197,15 @@ func (b *bundle) startWorker(name string, concurrency int, md schemas.Metadata) 
 	})
 	return w
 }
+
+func (w *testWorker) cfgFor(name string, concurrency int, md schemas.Metadata) worker.Config {
+	return worker.Config{
+		APIURL: w.b.srv.APIURL(), TokenFile: w.tokenFile, Name: name, Concurrency: concurrency, Metadata: md,
+		RetryMax: 200 * time.Millisecond, Logger: testLogger(w.b.t).With().Str("component", "worker").Logger(),
+	}
+}
+
+func clientFor(b *bundle, token string) *client.Client { return client.New(b.srv.APIURL(), token) }
 
 func (w *testWorker) start() {
 	w.mu.Lock()
