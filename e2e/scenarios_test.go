@@ -219,6 +219,7 @@ func TestAbortRetryAndPagination(t *testing.T) {
 		require.Equal(t, retry.ID, *b.get(wr.ID).SupersededBy)
 		_, err = b.user.RetryWorkRequest(b.ctx, wr.ID)
 		require.Equal(t, http.StatusBadRequest, client.StatusCode(err), "retried twice")
+		require.ErrorContains(t, err, "Cannot retry old superseded tasks")
 
 		for range 12 {
 			b.create(b.user, "noop", `{}`)
@@ -280,6 +281,7 @@ func TestBadRequests(t *testing.T) {
 			{"unknown field", tok, `{"task_name": "noop", "task_data": {}, "colour": "red"}`, 400, "/colour", "Cannot deserialize"},
 			{"malformed JSON", tok, `{"task_name": "noop", `, 400, "", "Malformed JSON"},
 			{"oversized body", tok, `{"task_name": "noop", "task_data": {"x": "` + strings.Repeat("a", 2<<20) + `"}}`, 413, "", "too large"},
+			{"unknown workspace", tok, `{"task_name": "noop", "task_data": {}, "workspace": "Nope"}`, 404, "", "Workspace not found"},
 			{"missing token", "", `{"task_name": "noop", "task_data": {}}`, 403, "", "Error"},
 			{"bad token", "not-a-token", `{"task_name": "noop", "task_data": {}}`, 403, "", "Error"},
 		}

@@ -38,10 +38,11 @@ func Run(ctx context.Context, cfg Config) error {
 				Registry:            s.cfg.Registry,
 			})
 		}()
-		fmt.Fprintf(os.Stderr, "\nKiln is running at %s (API %s)\nClient configuration: %s\nTry:\n  kiln --config-file %s create-work-request noop --data - --wait <<< '{\"result\": true}'\n\n",
-			s.URL(), s.APIURL(), clientINI, clientINI)
+		fmt.Fprintf(os.Stderr, "\nKiln is running at %s (API %s)\nClient configuration: %s\nTry:\n  %s --config-file %s create-work-request noop --data - --wait <<< '{\"result\": true}'\n\n",
+			s.URL(), s.APIURL(), clientINI, kilnCommand(), clientINI)
 	}
 	<-ctx.Done()
+	s.log.Info().Msg("shutting down")
 	if s.cfg.Dev {
 		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 			s.log.Warn().Err(err).Msg("local worker")
@@ -103,4 +104,23 @@ func (s *Server) devWorker(ctx context.Context) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "activation-token"), []byte(strings.TrimSpace(act)+"\n"), 0o600)
+}
+
+// kilnCommand names the kiln client as the user can run it: the binary next
+// to this one when there is one (bin/kiln after make build), else "kiln".
+func kilnCommand() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "kiln"
+	}
+	p := filepath.Join(filepath.Dir(exe), "kiln")
+	if _, err := os.Stat(p); err != nil {
+		return "kiln"
+	}
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, p); err == nil && !strings.HasPrefix(rel, "..") {
+			return rel
+		}
+	}
+	return p
 }

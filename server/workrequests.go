@@ -147,6 +147,13 @@ func (s *Server) createWorkRequest(w http.ResponseWriter, r *http.Request) {
 	if ws == "" {
 		ws = s.cfg.Workspace
 	}
+	if ws != s.cfg.Workspace {
+		// Kiln has one workspace per server so far; refuse others as
+		// debusine refuses a workspace that does not exist.
+		problem(w, http.StatusNotFound, "Workspace not found",
+			fmt.Sprintf("Workspace %s not found in scope %s", ws, s.cfg.Scope))
+		return
+	}
 	wr, err := s.store.CreateWorkRequest(r.Context(), store.NewWorkRequest{
 		TaskName: in.TaskName, TaskType: string(task.Type()), TaskData: compactJSON(in.TaskData),
 		Workspace: ws, PriorityBase: prio, CreatedBy: u.ID, Shape: tasks.ShapeKey(in.TaskName, req),
@@ -317,19 +324,30 @@ func (s *Server) patchWorkRequest(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.toWire(wr))
 }
 
-func (s *Server) abortWorkRequest(w http.ResponseWriter, r *http.Request) {
+// managed reads an action's empty body and the request it acts on, and
+// checks that the user may manage it (its creator or an admin).
+func (s *Server) managed(w http.ResponseWriter, r *http.Request, action string) (int64, *store.User, bool) {
 	id, ok := pathID(w, r)
-	if !ok || !s.decodeBody(w, r, &struct{}{}, "Cannot abort work request") {
-		return
+	if !ok || !s.decodeBody(w, r, &struct{}{}, "Cannot "+action+" work request") {
+		return 0, nil, false
 	}
 	u := userFrom(r.Context())
 	wr, err := s.store.WorkRequest(r.Context(), id)
 	if err != nil {
 		s.storeError(w, err)
-		return
+		return 0, nil, false
 	}
 	if !s.mayManage(u, wr) {
-		problem(w, http.StatusForbidden, "You are not permitted to abort this work request", "only its creator and admins may abort it")
+		problem(w, http.StatusForbidden, "You are not permitted to "+action+" this work request",
+			"only its creator and admins may "+action+" it")
+		return 0, nil, false
+	}
+	return id, u, true
+}
+
+func (s *Server) abortWorkRequest(w http.ResponseWriter, r *http.Request) {
+	id, u, ok := s.managed(w, r, "abort")
+	if !ok {
 		return
 	}
 	before, err := s.store.Abort(r.Context(), id, u.ID)
@@ -352,23 +370,17 @@ func (s *Server) abortWorkRequest(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) retryWorkRequest(w http.ResponseWriter, r *http.Request) {
-	id, ok := pathID(w, r)
-	if !ok || !s.decodeBody(w, r, &struct{}{}, "Cannot retry work request") {
-		return
-	}
-	u := userFrom(r.Context())
-	wr, err := s.store.WorkRequest(r.Context(), id)
-	if err != nil {
-		s.storeError(w, err)
-		return
-	}
-	if !s.mayManage(u, wr) {
-		problem(w, http.StatusForbidden, "You are not permitted to retry this work request", "only its creator and admins may retry it")
+	id, u, ok := s.managed(w, r, "retry")
+	if !ok {
 		return
 	}
 	nwr, err := s.store.Retry(r.Context(), id, u.ID)
 	if errors.Is(err, store.ErrConflict) {
-		problem(w, http.StatusBadRequest, "Cannot retry work request", "Only aborted or failed tasks can be retried: "+err.Error())
+		detail := "Only aborted or failed tasks can be retried"
+		if old, gerr := s.store.WorkRequest(r.Context(), id); gerr == nil && old.SupersededBy.Valid {
+			detail = fmt.Sprintf("Cannot retry old superseded tasks (retried as %d)", old.SupersededBy.Int64)
+		}
+		problem(w, http.StatusBadRequest, "Cannot retry work request", detail)
 		return
 	}
 	if err != nil {

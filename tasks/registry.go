@@ -28,7 +28,11 @@ type ValidationError struct {
 func (e *ValidationError) Error() string {
 	parts := make([]string, len(e.Problems))
 	for i, p := range e.Problems {
-		parts[i] = p.Pointer + ": " + p.Message
+		ptr := p.Pointer
+		if ptr == "" {
+			ptr = "(task data)"
+		}
+		parts[i] = ptr + ": " + p.Message
 	}
 	return fmt.Sprintf("invalid task data for %s: %s", e.Task, strings.Join(parts, "; "))
 }

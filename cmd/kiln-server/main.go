@@ -53,7 +53,7 @@ func newCommand() *cobra.Command {
 		},
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&configFile, "config", "/etc/kiln/server.conf", "YAML config file (keys are option names); read when it exists")
+	pf.StringVar(&configFile, "config", "/etc/kiln/server.conf", "YAML config file (keys are option names); the default is read when it exists, a file named here must exist")
 	pf.StringVar(&cfg.DataDir, "data-dir", "kiln-data", "directory for SQLite, the embedded JetStream store and artifacts")
 	pf.StringVar(&cfg.DatabaseURL, "database-url", "", "postgres://… for PostgreSQL; empty for SQLite in the data directory")
 

@@ -48,7 +48,7 @@ func newCommand() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&configFile, "config", "/etc/kiln/worker.conf", "YAML config file (keys are option names); read when it exists")
+	f.StringVar(&configFile, "config", "/etc/kiln/worker.conf", "YAML config file (keys are option names); the default is read when it exists, a file named here must exist")
 	f.StringVar(&cfg.APIURL, "api-url", "http://127.0.0.1:8080/api", "the server's API URL")
 	f.StringVar(&cfg.NATSURL, "nats-url", "", "NATS URL (default: the one the server advertises)")
 	f.StringVar(&cfg.TokenFile, "token-file", "/var/lib/kiln-worker/token", "file holding the worker's token (created, mode 0600, on first start)")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -213,10 +212,11 @@ func (s *Store) TouchWorker(ctx context.Context, id int64, t time.Time, staleBef
 		}
 		reconnected = !prev.Valid || prev.Time.Before(staleBefore)
 		q := `UPDATE workers SET last_seen_at = ? WHERE id = ?`
-		args := []any{t.UTC(), id}
+		seen := t.UTC().Truncate(time.Microsecond)
+		args := []any{seen, id}
 		if reconnected {
 			q = `UPDATE workers SET last_seen_at = ?, connected_at = ? WHERE id = ?`
-			args = []any{t.UTC(), t.UTC(), id}
+			args = []any{seen, seen, id}
 		}
 		_, err := tx.ExecContext(ctx, tx.Rebind(q), args...)
 		return err
@@ -243,5 +243,3 @@ func (s *Store) execOne(ctx context.Context, what string, id any, q string, args
 	}
 	return nil
 }
-
-var _ = errors.Is

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -310,5 +309,3 @@ func (s *Store) ActiveForWorker(ctx context.Context, workerID int64) ([]WorkRequ
 	}
 	return out, nil
 }
-
-var _ = errors.New
