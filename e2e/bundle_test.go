@@ -128,6 +128,7 @@ type bundle struct {
 	user  *client.Client
 	dir   string
 	dbURL string
+	cfg   server.Config
 }
 
 func testLogger(t *testing.T) zerolog.Logger {
@@ -143,17 +144,36 @@ func setup(t *testing.T, be backend) *bundle {
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	srv, err := server.New(ctx, server.Config{
+	cfg := server.Config{
 		Listen: "127.0.0.1:0", DataDir: dir, DatabaseURL: dbURL, NATSURL: natsURL, NATSListen: "127.0.0.1:0",
 		NATSPrefix: prefix, HeartbeatInterval: 200 * time.Millisecond, SchedulerSweep: time.Second,
 		Logger: testLogger(t).With().Str("component", "server").Logger(),
-	})
+	}
+	srv, err := server.New(ctx, cfg)
 	require.NoError(t, err)
-	t.Cleanup(func() { srv.Close() })
-	b := &bundle{t: t, ctx: ctx, srv: srv, st: srv.Store(), dir: dir, dbURL: dbURL}
+	b := &bundle{t: t, ctx: ctx, srv: srv, st: srv.Store(), dir: dir, dbURL: dbURL, cfg: cfg}
+	t.Cleanup(func() { b.srv.Close() })
 	b.admin = b.newUser("admin", true)
 	b.user = b.newUser("alice", false)
 	return b
+}
+
+// restart stops the server and starts it again on the same addresses, data
+// directory, database and NATS, as a crash and a service restart would.
+func (b *bundle) restart(between func()) {
+	b.t.Helper()
+	cfg := b.cfg
+	cfg.Listen = strings.TrimPrefix(b.srv.URL(), "http://")
+	if cfg.NATSURL == "" {
+		cfg.NATSListen = strings.TrimPrefix(b.srv.NATSURL(), "nats://")
+	}
+	require.NoError(b.t, b.srv.Close())
+	if between != nil {
+		between()
+	}
+	srv, err := server.New(b.ctx, cfg)
+	require.NoError(b.t, err)
+	b.srv, b.st = srv, srv.Store()
 }
 
 func (b *bundle) newUser(name string, admin bool) *client.Client {

@@ -301,3 +301,25 @@ func TestBadRequests(t *testing.T) {
 		require.Zero(t, n, "no bad request may create a work request")
 	})
 }
+
+func TestServerRestartLosesNothing(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		w := b.startWorker("survivor", 1, nil)
+		wr := b.create(b.user, "noop", `{"sleep_seconds": 1}`)
+		b.waitFor("the request to run", func() bool { return b.get(wr.ID).Status == schemas.StatusRunning })
+
+		// The server goes away while the request runs; the worker must keep
+		// its result and report it once the server is back.
+		b.restart(func() {
+			time.Sleep(1500 * time.Millisecond) // an outage longer than the run, not a synchronisation
+		})
+		got := b.wait(wr.ID)
+		require.Equal(t, schemas.StatusCompleted, got.Status)
+		require.Equal(t, schemas.ResultSuccess, got.Result)
+
+		// And the worker takes new work from the restarted server.
+		next := b.wait(b.create(b.user, "noop", `{}`).ID)
+		require.Equal(t, schemas.ResultSuccess, next.Result)
+		require.Equal(t, w.id, *next.Worker)
+	})
+}

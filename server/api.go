@@ -38,7 +38,7 @@ func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer, s.instrument)
 	r.Get("/healthz", s.healthz)
-	r.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	r.Route("/api/1.0", func(r chi.Router) {
 		r.Use(s.authenticate, s.checkScope)
 		r.Get("/whoami/", s.whoami)
@@ -144,8 +144,13 @@ func (s *Server) requireUser(next http.Handler) http.Handler {
 func (s *Server) requireUserOrWorker(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if userFrom(r.Context()) == nil {
-			if wk := workerFrom(r.Context()); wk == nil || !wk.Enabled {
+			wk := workerFrom(r.Context())
+			if wk == nil {
 				s.denyCredentials(w, r)
+				return
+			}
+			if !wk.Enabled {
+				s.workerDisabled(w, wk)
 				return
 			}
 		}
@@ -162,11 +167,15 @@ func (s *Server) requireWorker(next http.Handler) http.Handler {
 		case wk == nil:
 			s.denyCredentials(w, r)
 		case !wk.Enabled:
-			forbidden(w, "worker-disabled", "Worker "+wk.Name+" is not enabled yet: an admin must enable it (kiln-server admin worker enable "+wk.Name+").")
+			s.workerDisabled(w, wk)
 		default:
 			next.ServeHTTP(w, r)
 		}
 	})
+}
+
+func (s *Server) workerDisabled(w http.ResponseWriter, wk *store.Worker) {
+	forbidden(w, "worker-disabled", "Worker "+wk.Name+" is not enabled: an admin must enable it (kiln-server admin worker enable "+wk.Name+").")
 }
 
 func (s *Server) denyCredentials(w http.ResponseWriter, r *http.Request) {

@@ -117,11 +117,12 @@ func decodeProblem(err error, title string) schemas.Problem {
 			Detail: fmt.Sprintf("%s at byte %d", syn.Error(), syn.Offset)}
 	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
 		return schemas.Problem{Status: http.StatusBadRequest, Title: "Malformed JSON", Detail: "unexpected end of JSON input"}
+	case errors.As(err, &typ) && typ.Field == "":
+		return schemas.Problem{Status: http.StatusBadRequest, Title: title,
+			Detail:           "the body must be a JSON object, not " + typ.Value,
+			ValidationErrors: map[string][]string{"": {"must be a JSON object"}}}
 	case errors.As(err, &typ):
 		ptr := "/" + strings.ReplaceAll(typ.Field, ".", "/")
-		if typ.Field == "" {
-			ptr = ""
-		}
 		return schemas.Problem{Status: http.StatusBadRequest, Title: title,
 			Detail:           fmt.Sprintf("%s: expected %s, got JSON %s", ptr, typ.Type, typ.Value),
 			ValidationErrors: map[string][]string{ptr: {fmt.Sprintf("expected %s, got %s", typ.Type, typ.Value)}}}

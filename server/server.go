@@ -141,8 +141,10 @@ type Server struct {
 	listener net.Listener
 	http     *http.Server
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New opens the store, starts or connects to NATS, and starts the scheduler,
@@ -276,8 +278,14 @@ func (s *Server) Names() bus.Names { return s.names }
 // Scheduler returns the scheduler.
 func (s *Server) Scheduler() *scheduler.Scheduler { return s.sched }
 
-// Close stops everything New started, in reverse order.
+// Close stops everything New started, in reverse order. It is safe to call
+// more than once.
 func (s *Server) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.close() })
+	return s.closeErr
+}
+
+func (s *Server) close() error {
 	if s.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = s.http.Shutdown(ctx)

@@ -1,9 +1,7 @@
 package server
 
 import (
-	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"regexp"
 
@@ -66,13 +64,13 @@ func (s *Server) registerWorker(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) putDynamicMetadata(w http.ResponseWriter, r *http.Request) {
 	wk := workerFrom(r.Context())
-	body, err := readLimited(w, r, s.cfg.MaxBodyBytes)
-	if err != nil {
+	var md map[string]any
+	if !s.decodeBody(w, r, &md, "Cannot deserialize dynamic metadata") {
 		return
 	}
-	md := map[string]any{}
-	if err := json.Unmarshal(body, &md); err != nil {
-		writeProblem(w, decodeProblem(err, "Cannot deserialize dynamic metadata"))
+	if md == nil {
+		writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: "Cannot deserialize dynamic metadata",
+			Detail: "the body must be a JSON object", ValidationErrors: map[string][]string{"": {"must be a JSON object"}}})
 		return
 	}
 	conc := 1
@@ -85,20 +83,6 @@ func (s *Server) putDynamicMetadata(w http.ResponseWriter, r *http.Request) {
 	}
 	s.kickScheduler()
 	w.WriteHeader(http.StatusNoContent)
-}
-
-func readLimited(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			problem(w, http.StatusRequestEntityTooLarge, "Request body too large", "the body exceeds the limit (--max-body-bytes)")
-		} else {
-			problem(w, http.StatusBadRequest, "Cannot read request body", err.Error())
-		}
-		return nil, err
-	}
-	return body, nil
 }
 
 func (s *Server) workerConfig(w http.ResponseWriter, r *http.Request) {
@@ -116,18 +100,30 @@ func (s *Server) workerConfig(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// getNextForWorker is debusine's pull protocol: the oldest request assigned
+// to this worker, marked running; the body shows it as it was before, as
+// debusine's does. Kiln's own workers take assignments from NATS instead.
 func (s *Server) getNextForWorker(w http.ResponseWriter, r *http.Request) {
 	wk := workerFrom(r.Context())
-	wr, err := s.store.NextForWorker(r.Context(), wk.ID)
-	if errors.Is(err, store.ErrNotFound) {
-		w.WriteHeader(http.StatusNoContent)
+	for range 3 {
+		wr, err := s.store.NextForWorker(r.Context(), wk.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			break
+		}
+		if err != nil {
+			s.internal(w, err)
+			return
+		}
+		if _, err := s.store.Start(r.Context(), wr.ID, wk.ID, wr.Attempt); errors.Is(err, store.ErrConflict) {
+			continue // taken or withdrawn meanwhile: look again
+		} else if err != nil {
+			s.internal(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, s.toWire(wr))
 		return
 	}
-	if err != nil {
-		s.internal(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, s.toWire(wr))
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) startWorkRequest(w http.ResponseWriter, r *http.Request) {
@@ -138,6 +134,11 @@ func (s *Server) startWorkRequest(w http.ResponseWriter, r *http.Request) {
 	wk := workerFrom(r.Context())
 	var in schemas.WorkRequestStart
 	if !s.decodeBody(w, r, &in, "Cannot start work request") {
+		return
+	}
+	if in.Attempt < 1 {
+		writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: "Cannot start work request",
+			Detail: "attempt is required", ValidationErrors: map[string][]string{"/attempt": {"must be a positive integer"}}})
 		return
 	}
 	wr, err := s.store.Start(r.Context(), id, wk.ID, in.Attempt)
@@ -175,7 +176,7 @@ func (s *Server) completeWorkRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	if _, err := s.store.WorkRequest(r.Context(), id); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
-			problem(w, http.StatusNotFound, "Work request not found", "")
+			problem(w, http.StatusNotFound, "Work request not found", "No WorkRequest matches the given query.")
 			return
 		}
 		s.internal(w, err)
@@ -186,6 +187,9 @@ func (s *Server) completeWorkRequest(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, store.ErrNotFound):
 		writeProblem(w, schemas.Problem{Status: http.StatusUnauthorized, Title: "Invalid worker to update the work request",
 			Detail: err.Error(), Code: "not-assigned"})
+		return
+	case errors.Is(err, store.ErrStale):
+		writeProblem(w, schemas.Problem{Status: http.StatusConflict, Title: title, Detail: err.Error(), Code: "stale-attempt"})
 		return
 	case errors.Is(err, store.ErrConflict):
 		writeProblem(w, schemas.Problem{Status: http.StatusConflict, Title: title, Detail: err.Error(), Code: "already-finished"})

@@ -101,7 +101,7 @@ func (s *Server) createWorkRequest(w http.ResponseWriter, r *http.Request) {
 			ValidationErrors: map[string][]string{"/task_data": {"must be a JSON object"}}})
 		return
 	}
-	if len(in.EventReactions) > 0 && string(in.EventReactions) != "{}" && string(in.EventReactions) != "null" {
+	if !emptyObject(in.EventReactions) {
 		writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: "Invalid event_reactions",
 			Detail:           "Kiln does not support event reactions yet",
 			ValidationErrors: map[string][]string{"/event_reactions": {"not supported"}}})
@@ -168,6 +168,15 @@ func (s *Server) createWorkRequest(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.toWire(wr))
 }
 
+// emptyObject reports whether raw is absent, null or an object without keys.
+func emptyObject(raw json.RawMessage) bool {
+	if len(raw) == 0 {
+		return true
+	}
+	var m map[string]json.RawMessage
+	return json.Unmarshal(raw, &m) == nil && len(m) == 0
+}
+
 func compactJSON(b json.RawMessage) string {
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, b); err != nil {
@@ -206,8 +215,21 @@ func (s *Server) listWorkRequests(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	f := store.ListFilter{Limit: limit + 1, Status: q.Get("status"), TaskName: q.Get("task_name")}
+	switch schemas.Status(f.Status) {
+	case "", schemas.StatusPending, schemas.StatusRunning, schemas.StatusCompleted, schemas.StatusAborted, schemas.StatusBlocked:
+	default:
+		writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: "Invalid query",
+			Detail:           "status must be pending, running, completed, aborted or blocked",
+			ValidationErrors: map[string][]string{"status": {"unknown status " + strconv.Quote(f.Status)}}})
+		return
+	}
 	if v := q.Get("worker"); v != "" {
-		f.WorkerID, _ = strconv.ParseInt(v, 10, 64)
+		var err error
+		if f.WorkerID, err = strconv.ParseInt(v, 10, 64); err != nil || f.WorkerID < 1 {
+			writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: "Invalid query",
+				Detail: "worker must be a worker id", ValidationErrors: map[string][]string{"worker": {"must be a positive integer"}}})
+			return
+		}
 	}
 	back := false
 	if c := q.Get("cursor"); c != "" {

@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -14,6 +17,8 @@ import (
 
 	"github.com/kiln-ci/kiln/schemas"
 )
+
+var taskNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 
 // ErrUnknownTask is returned for a task name that is not registered.
 var ErrUnknownTask = errors.New("unknown task")
@@ -71,8 +76,8 @@ func (r *Registry) Register(t Task) error {
 // RegisterWithSchema adds t with an explicit task_data schema.
 func (r *Registry) RegisterWithSchema(t Task, schemaJSON []byte) error {
 	name := t.Name()
-	if name == "" || strings.ToLower(name) != name {
-		return fmt.Errorf("register task %q: names are non-empty and lower-case", name)
+	if !taskNameRE.MatchString(name) {
+		return fmt.Errorf("register task %q: names are lower-case letters, digits, '-' and '_'", name)
 	}
 	c := jsonschema.NewCompiler()
 	c.Draft = jsonschema.Draft2020
@@ -132,11 +137,22 @@ func (r *Registry) Validate(name string, data json.RawMessage) error {
 	if !ok {
 		return fmt.Errorf("%w %q", ErrUnknownTask, name)
 	}
+	invalid := func(ptr, msg string) error {
+		return &ValidationError{Task: name, Problems: []schemas.ValidationProblem{{Pointer: ptr, Message: msg}}}
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
-		return &ValidationError{Task: name, Problems: []schemas.ValidationProblem{{Pointer: "", Message: "not valid JSON: " + err.Error()}}}
+		return invalid("", "not valid JSON: "+err.Error())
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return invalid("", "not valid JSON: trailing data after the value")
+	}
+	// The schema check sees the last of duplicate keys, the task the first:
+	// refuse them so that both see the same data.
+	if ptr, dup := duplicateKey(data); dup != "" {
+		return invalid(ptr, fmt.Sprintf("duplicate key %q", dup))
 	}
 	if err := e.schema.Validate(v); err != nil {
 		var ve *jsonschema.ValidationError
@@ -146,6 +162,55 @@ func (r *Registry) Validate(name string, data json.RawMessage) error {
 		return fmt.Errorf("validate %s task data: %w", name, err)
 	}
 	return nil
+}
+
+// duplicateKey returns the JSON pointer of the first object in data that
+// repeats a key, and the key; "" when there is none. data is valid JSON.
+func duplicateKey(data []byte) (ptr, key string) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var walk func(path string) (string, string)
+	walk = func(path string) (string, string) {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", ""
+		}
+		d, ok := tok.(json.Delim)
+		if !ok {
+			return "", ""
+		}
+		switch d {
+		case '{':
+			seen := map[string]bool{}
+			for dec.More() {
+				kt, err := dec.Token()
+				if err != nil {
+					return "", ""
+				}
+				k, _ := kt.(string)
+				if seen[k] {
+					return path, k
+				}
+				seen[k] = true
+				if p, dk := walk(path + "/" + escapePointer(k)); dk != "" {
+					return p, dk
+				}
+			}
+			_, _ = dec.Token()
+		case '[':
+			for i := 0; dec.More(); i++ {
+				if p, dk := walk(path + "/" + strconv.Itoa(i)); dk != "" {
+					return p, dk
+				}
+			}
+			_, _ = dec.Token()
+		}
+		return "", ""
+	}
+	return walk("")
+}
+
+func escapePointer(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
 }
 
 // flatten turns the schema library's error tree into its leaves, the causes a

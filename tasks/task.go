@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/rs/zerolog"
 
@@ -182,21 +180,13 @@ func metaScalar(v any) string {
 }
 
 // ShapeKey is the canonical grouping key of a request: task name plus its
-// requirements. Requests with the same key are interchangeable for CanRunOn.
+// requirements. Requests with the same key are interchangeable for CanRunOn,
+// and different requirements always give different keys: task names cannot
+// hold '|', and JSON encoding (with sorted map keys) is injective.
 func ShapeKey(task string, req Requirements) string {
-	var b strings.Builder
-	b.WriteString(task)
-	if req.HostArchitecture != "" {
-		b.WriteString("|arch=")
-		b.WriteString(req.HostArchitecture)
+	b, err := json.Marshal(req)
+	if err != nil {
+		panic(err) // strings and a map of strings always marshal
 	}
-	keys := make([]string, 0, len(req.Extra))
-	for k := range req.Extra {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(&b, "|%s=%s", k, req.Extra[k])
-	}
-	return b.String()
+	return task + "|" + string(b)
 }

@@ -70,6 +70,16 @@ type Message struct {
 // transaction. ErrConflict when either condition fails.
 func (s *Store) Assign(ctx context.Context, id int64, attempt int, workerID int64, limit int, msg Message) (Message, error) {
 	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		// Lock the worker row first (PostgreSQL row lock; SQLite's write
+		// lock), so that two assignments to one worker cannot both count
+		// the same free slot.
+		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE workers SET id = id WHERE id = ?`), workerID)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("worker %d: %w", workerID, ErrNotFound)
+		}
 		var active int
 		if err := tx.GetContext(ctx, &active, tx.Rebind(`SELECT COUNT(*) FROM work_requests
 			WHERE worker_id = ? AND status IN ('pending', 'running')`), workerID); err != nil {
@@ -79,7 +89,7 @@ func (s *Store) Assign(ctx context.Context, id int64, attempt int, workerID int6
 			return fmt.Errorf("worker %d has %d of %d slots taken: %w", workerID, active, limit, ErrConflict)
 		}
 		t := now()
-		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET worker_id = ?, assigned_at = ?
+		res, err = tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET worker_id = ?, assigned_at = ?
 			WHERE id = ? AND attempt = ? AND status = 'pending' AND worker_id IS NULL`), workerID, t, id, attempt)
 		if err != nil {
 			return err

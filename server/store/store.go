@@ -34,6 +34,9 @@ var (
 	// ErrConflict means the row exists but is not in the state the change
 	// expects (already taken, already finished, a duplicate name).
 	ErrConflict = errors.New("conflict")
+	// ErrStale is the ErrConflict of a call from an attempt that is not the
+	// request's current one.
+	ErrStale = fmt.Errorf("%w: stale attempt", ErrConflict)
 )
 
 // Dialect names a database engine.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -87,15 +88,14 @@ func (s *Store) RegisterWorker(ctx context.Context, name, workerType, tokenSecre
 			if i > 1 {
 				candidate = name + "-" + strconv.Itoa(i)
 			}
-			var taken int
-			if err := tx.GetContext(ctx, &taken, tx.Rebind(`SELECT COUNT(*) FROM workers WHERE name = ?`), candidate); err != nil {
-				return err
-			}
-			if taken > 0 {
+			// ON CONFLICT on the name only: two machines registering the
+			// same name at once get different suffixes, while a token that
+			// is already registered still fails as a unique violation.
+			err := tx.GetContext(ctx, &id, tx.Rebind(`INSERT INTO workers (name, token_hash, worker_type, enabled, registered_at)
+				VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING RETURNING id`), candidate, HashToken(tokenSecret), workerType, false, now())
+			if errors.Is(err, sql.ErrNoRows) {
 				continue
 			}
-			err := tx.GetContext(ctx, &id, tx.Rebind(`INSERT INTO workers (name, token_hash, worker_type, enabled, registered_at)
-				VALUES (?, ?, ?, ?, ?) RETURNING id`), candidate, HashToken(tokenSecret), workerType, false, now())
 			if isUnique(err) {
 				return fmt.Errorf("worker token already registered: %w", ErrConflict)
 			}
@@ -205,12 +205,15 @@ func (s *Store) SetDynamicMetadata(ctx context.Context, id int64, md map[string]
 // true when the worker was not connected before, so that the scheduler can
 // look for work for it.
 func (s *Store) TouchWorker(ctx context.Context, id int64, t time.Time, staleBefore time.Time) (reconnected bool, err error) {
-	var prev sql.NullTime
+	var prev struct {
+		LastSeen  sql.NullTime `db:"last_seen_at"`
+		Connected sql.NullTime `db:"connected_at"`
+	}
 	err = s.tx(ctx, func(tx *sqlx.Tx) error {
-		if err := tx.GetContext(ctx, &prev, tx.Rebind(`SELECT last_seen_at FROM workers WHERE id = ?`), id); err != nil {
+		if err := tx.GetContext(ctx, &prev, tx.Rebind(`SELECT last_seen_at, connected_at FROM workers WHERE id = ?`), id); err != nil {
 			return notFound("worker", id, err)
 		}
-		reconnected = !prev.Valid || prev.Time.Before(staleBefore)
+		reconnected = !prev.Connected.Valid || !prev.LastSeen.Valid || prev.LastSeen.Time.Before(staleBefore)
 		q := `UPDATE workers SET last_seen_at = ? WHERE id = ?`
 		seen := t.UTC().Truncate(time.Microsecond)
 		args := []any{seen, id}

@@ -257,17 +257,21 @@ func (s *Store) Start(ctx context.Context, id, workerID int64, attempt int) (Wor
 	return s.WorkRequest(ctx, id)
 }
 
-// Complete records the result reported by workerID. ErrNotFound when the
-// request is not assigned to that worker (or that attempt); ErrConflict when
-// it is assigned to it but already finished (for example aborted).
+// Complete records the result reported by workerID for attempt (0: the
+// current one). ErrNotFound when the request is not assigned to that worker;
+// ErrConflict when the attempt is stale or the request already finished (for
+// example aborted).
 func (s *Store) Complete(ctx context.Context, id, workerID int64, attempt int, result, output string) (WorkRequest, error) {
 	var wr WorkRequest
 	err := s.tx(ctx, func(tx *sqlx.Tx) error {
 		if err := tx.GetContext(ctx, &wr, tx.Rebind(`SELECT `+wrColumns+wrFrom+` WHERE work_requests.id = ?`), id); err != nil {
 			return notFound("work request", id, err)
 		}
-		if !wr.WorkerID.Valid || wr.WorkerID.Int64 != workerID || (attempt != 0 && attempt != wr.Attempt) {
+		if !wr.WorkerID.Valid || wr.WorkerID.Int64 != workerID {
 			return fmt.Errorf("work request %d is not assigned to this worker: %w", id, ErrNotFound)
+		}
+		if attempt != 0 && attempt != wr.Attempt {
+			return fmt.Errorf("attempt %d of work request %d, the current attempt is %d: %w", attempt, id, wr.Attempt, ErrStale)
 		}
 		if wr.Status != "running" && wr.Status != "pending" {
 			if wr.Status == "completed" && wr.Result == result {
