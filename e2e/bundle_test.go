@@ -140,6 +140,12 @@ func testLogger(t *testing.T) zerolog.Logger {
 
 func setup(t *testing.T, be backend) *bundle {
 	t.Helper()
+	return setupWith(t, be, nil)
+}
+
+// setupWith is setup with a chance to change the server's configuration.
+func setupWith(t *testing.T, be backend, change func(*server.Config)) *bundle {
+	t.Helper()
 	dbURL, natsURL, prefix := be.setup(t)
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -148,6 +154,9 @@ func setup(t *testing.T, be backend) *bundle {
 		Listen: "127.0.0.1:0", DataDir: dir, DatabaseURL: dbURL, NATSURL: natsURL, NATSListen: "127.0.0.1:0",
 		NATSPrefix: prefix, HeartbeatInterval: 200 * time.Millisecond, SchedulerSweep: time.Second,
 		Logger: testLogger(t).With().Str("component", "server").Logger(),
+	}
+	if change != nil {
+		change(&cfg)
 	}
 	srv, err := server.New(ctx, cfg)
 	require.NoError(t, err)

@@ -1,0 +1,64 @@
+package e2e
+
+import (
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kiln-ci/kiln/schemas"
+	"github.com/kiln-ci/kiln/server"
+	"github.com/kiln-ci/kiln/tasks"
+)
+
+// counted is noop under another name whose CanRunOn calls are counted.
+type counted struct {
+	tasks.Noop
+	calls *atomic.Int64
+}
+
+func (counted) Name() string { return "counted" }
+
+func (c counted) CanRunOn(req tasks.Requirements, md schemas.Metadata) error {
+	c.calls.Add(1)
+	return tasks.BaseCanRunOn(c, req, md)
+}
+
+// TestSchedulerGroupsByShape proves that a pass evaluates CanRunOn once per
+// shape and worker, not once per pending request and worker.
+func TestSchedulerGroupsByShape(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			var calls atomic.Int64
+			reg := tasks.Default()
+			schema, err := schemas.TaskSchema("noop")
+			require.NoError(t, err)
+			require.NoError(t, reg.RegisterWithSchema(counted{calls: &calls}, schema))
+			b := setupWith(t, be, func(c *server.Config) { c.Registry = reg })
+
+			// Three workers that cannot run "counted" (they do not report it).
+			for _, name := range []string{"w1", "w2", "w3"} {
+				b.startWorker(name, 1, nil)
+			}
+			archs := []string{"amd64", "arm64", "riscv64"}
+			const perShape = 100
+			var last schemas.WorkRequest
+			for i := range perShape * len(archs) {
+				last = b.create(b.user, "counted", `{"host_architecture": "`+archs[i%len(archs)]+`"}`)
+			}
+			b.waitFor("a waiting reason for the last request", func() bool { return b.get(last.ID).WaitingReason != "" })
+			require.Contains(t, b.get(last.ID).WaitingReason, "worker does not report counted:version")
+
+			calls.Store(0)
+			n, err := b.srv.Scheduler().Pass(b.ctx)
+			require.NoError(t, err)
+			require.Zero(t, n)
+			shapesTimesWorkers := int64(len(archs) * 3)
+			got := calls.Load()
+			// A pass triggered by a late event may run beside ours.
+			require.GreaterOrEqual(t, got, shapesTimesWorkers)
+			require.LessOrEqual(t, got, 2*shapesTimesWorkers,
+				"CanRunOn ran %d times for %d requests: it must run per shape, not per request", got, perShape*len(archs))
+		})
+	}
+}
