@@ -323,3 +323,30 @@ func TestServerRestartLosesNothing(t *testing.T) {
 		require.Equal(t, w.id, *next.Worker)
 	})
 }
+
+func TestDisablingWithdrawsUnstartedAssignments(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		w := b.startWorker("flaky", 1, schemas.Metadata{"system:architectures": []string{"sparc64"}})
+		w.stop()
+		wr := b.create(b.user, "noop", `{"host_architecture": "sparc64"}`)
+		b.waitFor("the assignment to the stopped worker", func() bool { return b.get(wr.ID).Worker != nil })
+
+		_, err := b.adminCmd("worker", "disable", "flaky")
+		require.NoError(t, err)
+		got := b.get(wr.ID)
+		require.Nil(t, got.Worker, "disabling a worker must withdraw what it has not started")
+		b.srv.Scheduler().Trigger()
+		b.waitFor("the reason", func() bool { return b.get(wr.ID).WaitingReason == "no enabled worker" })
+
+		// Another worker takes it; the stopped one, back and re-enabled,
+		// drops its stale message.
+		other := b.startWorker("steady", 1, schemas.Metadata{"system:architectures": []string{"sparc64"}})
+		require.Equal(t, other.id, *b.wait(wr.ID).Worker)
+		_, err = b.adminCmd("worker", "enable", "flaky")
+		require.NoError(t, err)
+		w.start()
+		next := b.wait(b.create(b.user, "noop", `{}`).ID)
+		require.Equal(t, schemas.ResultSuccess, next.Result)
+		require.Equal(t, schemas.ResultSuccess, b.get(wr.ID).Result)
+	})
+}

@@ -354,6 +354,13 @@ func (w *Worker) take(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Ack()
 		<-w.slots
 		return
+	case client.IsForbidden(err):
+		// Disabled meanwhile: the server withdrew the assignment or will
+		// refuse it; look again later rather than spin.
+		log.Info().Err(err).Msg("not allowed to start work; assignment postponed")
+		_ = msg.NakWithDelay(30 * time.Second)
+		<-w.slots
+		return
 	case err != nil:
 		log.Warn().Err(err).Msg("cannot confirm the assignment; it will be redelivered")
 		_ = msg.NakWithDelay(2 * time.Second)

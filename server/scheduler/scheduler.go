@@ -2,11 +2,12 @@ package scheduler
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -306,9 +307,13 @@ func (s *Scheduler) assign(ctx context.Context, it store.QueueItem, c *candidate
 	if err != nil {
 		return store.Message{}, err
 	}
+	// The message id de-duplicates republications of this one assignment
+	// (the outbox relay), never a later assignment of the same request and
+	// attempt (after a withdrawal), hence the nonce; it is stored with the
+	// outbox row, so every republication carries the same id.
 	msg := store.Message{
 		Subject: s.names.AssignSubject(c.w.ID),
-		MsgID:   "assign-" + strconv.FormatInt(it.ID, 10) + "-" + strconv.Itoa(it.Attempt),
+		MsgID:   fmt.Sprintf("assign-%d-%d-%d-%s", it.ID, it.Attempt, c.w.ID, nonce()),
 		Payload: string(payload),
 	}
 	m, err := s.st.Assign(ctx, it.ID, it.Attempt, c.w.ID, c.w.EffectiveConcurrency(), msg)
@@ -349,6 +354,12 @@ func (s *Scheduler) requirements(ctx context.Context, sh store.Shape) (shapeReq,
 	s.reqs[sh.Shape] = sr
 	s.mu.Unlock()
 	return sr, sr.err
+}
+
+func nonce() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b) // crypto/rand does not fail on Linux
+	return hex.EncodeToString(b)
 }
 
 func noWorkerReason(enabled int, refusals map[string][]string) string {

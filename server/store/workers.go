@@ -164,9 +164,25 @@ func (s *Store) Workers(ctx context.Context) ([]Worker, error) {
 	return ws, nil
 }
 
-// SetWorkerEnabled enables or disables a worker.
+// SetWorkerEnabled enables or disables a worker. Disabling it also withdraws
+// the assignments it has not started, so that they go to other workers; the
+// worker drops their messages when the server refuses to start them.
 func (s *Store) SetWorkerEnabled(ctx context.Context, id int64, enabled bool) error {
-	return s.execOne(ctx, "worker", id, `UPDATE workers SET enabled = ? WHERE id = ?`, enabled, id)
+	return s.tx(ctx, func(tx *sqlx.Tx) error {
+		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE workers SET enabled = ? WHERE id = ?`), enabled, id)
+		if err != nil {
+			return fmt.Errorf("update worker %d: %w", id, err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("worker %d: %w", id, ErrNotFound)
+		}
+		if enabled {
+			return nil
+		}
+		_, err = tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET worker_id = NULL, assigned_at = NULL
+			WHERE worker_id = ? AND status = 'pending'`), id)
+		return err
+	})
 }
 
 // SetStaticMetadata replaces a worker's static metadata (admin overrides).
