@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/kiln-ci/kiln/client"
 	"github.com/kiln-ci/kiln/schemas"
+	"github.com/kiln-ci/kiln/server/store"
 )
 
 func TestSuccessAndFailure(t *testing.T) {
@@ -348,5 +351,40 @@ func TestDisablingWithdrawsUnstartedAssignments(t *testing.T) {
 		next := b.wait(b.create(b.user, "noop", `{}`).ID)
 		require.Equal(t, schemas.ResultSuccess, next.Result)
 		require.Equal(t, schemas.ResultSuccess, b.get(wr.ID).Result)
+	})
+}
+
+func TestWorkerRegistersTheTokenItKeeps(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		// A token file the server has never seen (a server that lost its
+		// database, or a token file made by an installer): the worker
+		// registers that very token instead of failing forever with 403.
+		w := &testWorker{b: b, tokenFile: filepath.Join(b.dir, "kept-token")}
+		require.NoError(t, os.WriteFile(w.tokenFile, []byte(strings.Repeat("ab", 32)+"\n"), 0o600))
+		w.cfg = w.cfgFor("kept", 1, nil)
+		w.start()
+		t.Cleanup(w.stop)
+		var wk store.Worker
+		b.waitFor("the registration", func() bool {
+			var err error
+			wk, err = b.st.WorkerForToken(b.ctx, strings.Repeat("ab", 32))
+			return err == nil
+		})
+		require.Equal(t, "kept", wk.Name)
+		require.False(t, wk.Enabled)
+		fi, err := os.Stat(w.tokenFile)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	})
+}
+
+func TestWorkerTokenFileIsPrivate(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		w := b.startWorker("private", 1, nil)
+		fi, err := os.Stat(w.tokenFile)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+		_, err = os.Stat(w.cfg.ActivationTokenFile)
+		require.True(t, os.IsNotExist(err), "the activation token is removed once used")
 	})
 }

@@ -85,6 +85,7 @@ type Worker struct {
 	cfg    Config
 	log    zerolog.Logger
 	api    *client.Client
+	token  string
 	wcfg   schemas.WorkerConfig
 	names  bus.Names
 	nc     *nats.Conn
@@ -104,7 +105,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), runs: map[int64]context.CancelCauseFunc{}}
-	token, err := w.ensureToken(ctx)
+	token, err := w.ensureToken()
 	if err != nil {
 		return err
 	}
@@ -112,6 +113,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.HTTPClient != nil {
 		opts = append(opts, client.WithHTTPClient(cfg.HTTPClient))
 	}
+	w.token = token
 	w.api = client.New(cfg.APIURL, token, opts...)
 	if err := w.connect(ctx); err != nil {
 		return err
@@ -126,9 +128,10 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-// ensureToken reads the token file, or creates a token and registers it
-// (with the activation token when one is there), retrying until it works.
-func (w *Worker) ensureToken(ctx context.Context) (string, error) {
+// ensureToken reads the token file, or creates a token and writes it (mode
+// 0600) before anything else, so that a token the server learns is never one
+// the worker failed to keep.
+func (w *Worker) ensureToken() (string, error) {
 	if b, err := os.ReadFile(w.cfg.TokenFile); err == nil {
 		if tok := strings.TrimSpace(string(b)); tok != "" {
 			return tok, nil
@@ -137,6 +140,19 @@ func (w *Worker) ensureToken(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("token file: %w", err)
 	}
 	token := newToken()
+	if err := os.MkdirAll(filepath.Dir(w.cfg.TokenFile), 0o700); err != nil {
+		return "", fmt.Errorf("token directory: %w", err)
+	}
+	if err := os.WriteFile(w.cfg.TokenFile, []byte(token+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write token file: %w", err)
+	}
+	w.log.Info().Str("token_file", w.cfg.TokenFile).Msg("created a new worker token")
+	return token, nil
+}
+
+// register makes the server know token: with the activation token when there
+// is one (enabled at once), otherwise as a new, disabled worker.
+func (w *Worker) register(ctx context.Context, token string) error {
 	activation := ""
 	if w.cfg.ActivationTokenFile != "" {
 		if b, err := os.ReadFile(w.cfg.ActivationTokenFile); err == nil {
@@ -144,27 +160,20 @@ func (w *Worker) ensureToken(ctx context.Context) (string, error) {
 		}
 	}
 	api := client.New(w.cfg.APIURL, "", w.clientOpts()...)
-	err := w.retry(ctx, "register", func() error {
-		err := api.RegisterWorker(ctx, schemas.WorkerRegister{Token: token, FQDN: w.cfg.Name, WorkerType: w.cfg.WorkerType}, activation)
-		if client.IsForbidden(err) && activation != "" {
-			return permanent(fmt.Errorf("activation token refused: %w", err))
-		}
+	err := api.RegisterWorker(ctx, schemas.WorkerRegister{Token: token, FQDN: w.cfg.Name, WorkerType: w.cfg.WorkerType}, activation)
+	switch {
+	case client.IsForbidden(err) && activation != "":
+		return permanent(fmt.Errorf("activation token in %s refused: %w", w.cfg.ActivationTokenFile, err))
+	case client.IsConflict(err):
+		// Registered already (an earlier attempt whose answer was lost).
+	case err != nil:
 		return err
-	})
-	if err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(filepath.Dir(w.cfg.TokenFile), 0o700); err != nil {
-		return "", fmt.Errorf("token directory: %w", err)
-	}
-	if err := os.WriteFile(w.cfg.TokenFile, []byte(token+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("write token file: %w", err)
 	}
 	if activation != "" {
 		_ = os.Remove(w.cfg.ActivationTokenFile)
 	}
-	w.log.Info().Str("token_file", w.cfg.TokenFile).Bool("activated", activation != "").Msg("registered with the server")
-	return token, nil
+	w.log.Info().Bool("activated", activation != "").Msg("registered with the server")
+	return nil
 }
 
 func (w *Worker) clientOpts() []client.Option {
@@ -228,13 +237,27 @@ func (w *Worker) sendMetadata(ctx context.Context) error {
 	}
 	md["kiln:concurrency"] = w.cfg.Concurrency
 	err := w.api.PutDynamicMetadata(ctx, md)
-	if client.IsForbidden(err) {
-		var pe *client.ProblemError
-		if errors.As(err, &pe) && pe.Problem.Code == "worker-disabled" {
-			return fmt.Errorf("waiting for an admin to enable this worker (kiln-server admin worker enable %s)", w.cfg.Name)
+	if problemCode(err) == "unknown-token" {
+		// First start, or a server that lost its database: register the
+		// token this worker keeps, then try again.
+		if err := w.register(ctx, w.token); err != nil {
+			return err
 		}
+		err = w.api.PutDynamicMetadata(ctx, md)
+	}
+	if problemCode(err) == "worker-disabled" {
+		return fmt.Errorf("waiting for an admin to enable this worker (kiln-server admin worker enable %s)", w.cfg.Name)
 	}
 	return err
+}
+
+// problemCode returns the problem code of an API error, or "".
+func problemCode(err error) string {
+	var pe *client.ProblemError
+	if errors.As(err, &pe) {
+		return pe.Problem.Code
+	}
+	return ""
 }
 
 func (w *Worker) heartbeat(ctx context.Context) {
