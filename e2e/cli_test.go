@@ -71,7 +71,9 @@ func TestCLI(t *testing.T) {
 		}
 		require.NoError(t, yaml.Unmarshal([]byte(out), &created), out)
 		id := fmt.Sprint(created.ID)
-		b.waitFor("a waiting reason", func() bool { return b.get(created.ID).WaitingReason != "" })
+		b.waitFor("a waiting reason", func() bool {
+			return strings.HasPrefix(b.get(created.ID).WaitingReason, "no worker can run it")
+		})
 
 		code, out, _ = b.kiln("", "show-work-request", id)
 		require.Equal(t, 0, code)
