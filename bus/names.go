@@ -67,3 +67,16 @@ func (n Names) KickSubject() string { return n.Prefix + ".scheduler.kick" }
 func (n Names) EventSubject(workRequestID int64) string {
 	return fmt.Sprintf("%s.events.work-request.%d", n.Prefix, workRequestID)
 }
+
+// LogStream is the JetStream stream holding live log chunks.
+func (n Names) LogStream() string {
+	return strings.ToUpper(strings.ReplaceAll(n.Prefix, "-", "_")) + "_LOGS"
+}
+
+// LogSubject carries the output chunks of one work request.
+func (n Names) LogSubject(workRequestID int64) string {
+	return fmt.Sprintf("%s.log.%d", n.Prefix, workRequestID)
+}
+
+// LogSubjects is the log stream's subject filter.
+func (n Names) LogSubjects() string { return n.Prefix + ".log.*" }

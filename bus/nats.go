@@ -139,3 +139,39 @@ func WorkerConsumer(ctx context.Context, js jetstream.JetStream, stream, name, s
 	}
 	return c, nil
 }
+
+// Headers of a live log chunk. The body is the raw output bytes.
+const (
+	// HeaderLogSeq numbers the chunks of one attempt from 1.
+	HeaderLogSeq = "Kiln-Log-Seq"
+	// HeaderLogAttempt is the attempt that wrote the chunk.
+	HeaderLogAttempt = "Kiln-Log-Attempt"
+	// HeaderLogEOF marks the last chunk of an attempt (its body may be empty).
+	HeaderLogEOF = "Kiln-Log-EOF"
+)
+
+// LogChunkMax is the largest chunk body a worker publishes.
+const LogChunkMax = 32 << 10
+
+// EnsureLogStream creates or updates the stream of live logs: limits
+// retention, old chunks dropped first once maxBytes is reached (the full log
+// of every run is also kept as a debug-log artifact).
+func EnsureLogStream(ctx context.Context, js jetstream.JetStream, n Names, replicas int, maxBytes int64, maxAge time.Duration) (jetstream.Stream, error) {
+	cfg := jetstream.StreamConfig{
+		Name:        n.LogStream(),
+		Description: "Kiln live logs, one subject per work request",
+		Subjects:    []string{n.LogSubjects()},
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+		MaxBytes:    maxBytes,
+		MaxAge:      maxAge,
+		Duplicates:  2 * time.Minute,
+	}
+	s, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}

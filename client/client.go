@@ -139,17 +139,41 @@ type response struct {
 // an *HTTPError for any other status not in cl.expect, and a transport error
 // (see IsTransient) when no complete response arrived.
 func (c *Client) do(ctx context.Context, cl call) (response, error) {
+	req, err := c.request(ctx, cl)
+	if err != nil {
+		return response{}, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return response{}, &transportError{err: err}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
+	if err != nil {
+		return response{}, &transportError{err: fmt.Errorf("read response of %s %s: %w", cl.method, cl.url, err)}
+	}
+	if len(b) > MaxResponseBytes {
+		return response{}, fmt.Errorf("response of %s %s is larger than %d bytes", cl.method, cl.url, MaxResponseBytes)
+	}
+	if err := responseError(cl, resp, b); err != nil {
+		return response{}, err
+	}
+	return response{status: resp.StatusCode, body: b}, nil
+}
+
+// request builds the HTTP request of cl with the Client's headers.
+func (c *Client) request(ctx context.Context, cl call) (*http.Request, error) {
 	var body io.Reader
 	if cl.body != nil {
 		b, err := json.Marshal(cl.body)
 		if err != nil {
-			return response{}, fmt.Errorf("encode request body: %w", err)
+			return nil, fmt.Errorf("encode request body: %w", err)
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, cl.method, cl.url, body)
 	if err != nil {
-		return response{}, fmt.Errorf("build request: %w", err)
+		return nil, fmt.Errorf("build request: %w", err)
 	}
 	if cl.body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -168,30 +192,23 @@ func (c *Client) do(ctx context.Context, cl call) (response, error) {
 	if c.scope != "" {
 		req.Header.Set(headerScope, c.scope)
 	}
+	return req, nil
+}
 
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return response{}, &transportError{err: err}
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
-	if err != nil {
-		return response{}, &transportError{err: fmt.Errorf("read response of %s %s: %w", cl.method, cl.url, err)}
-	}
-	if len(b) > MaxResponseBytes {
-		return response{}, fmt.Errorf("response of %s %s is larger than %d bytes", cl.method, cl.url, MaxResponseBytes)
-	}
-
+// responseError returns the error that resp (with body b) stands for: a
+// *ProblemError for any problem+json response, an *HTTPError for any other
+// status not in cl.expect, nil otherwise.
+func responseError(cl call, resp *http.Response, b []byte) error {
 	if isProblem(resp.Header.Get("Content-Type")) {
 		var p schemas.Problem
 		if json.Unmarshal(b, &p) == nil {
-			return response{}, &ProblemError{StatusCode: resp.StatusCode, Problem: p, Method: cl.method, URL: cl.url}
+			return &ProblemError{StatusCode: resp.StatusCode, Problem: p, Method: cl.method, URL: cl.url}
 		}
 	}
 	if !slices.Contains(cl.expect, resp.StatusCode) {
-		return response{}, &HTTPError{StatusCode: resp.StatusCode, Body: string(b), Method: cl.method, URL: cl.url}
+		return &HTTPError{StatusCode: resp.StatusCode, Body: string(b), Method: cl.method, URL: cl.url}
 	}
-	return response{status: resp.StatusCode, body: b}, nil
+	return nil
 }
 
 // isProblem reports whether a Content-Type header names

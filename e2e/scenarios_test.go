@@ -22,7 +22,7 @@ func TestSuccessAndFailure(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
 		w := b.startWorker("alpha", 1, nil)
 
-		ok := b.create(b.user, "noop", `{"result": true, "sleep_seconds": 0.3}`)
+		ok := b.create(b.user, "noop", `{"result": true, "sleep_seconds": 1}`)
 		require.Equal(t, schemas.StatusPending, ok.Status)
 		b.waitFor("request to run", func() bool { return b.get(ok.ID).Status == schemas.StatusRunning })
 		got := b.wait(ok.ID)

@@ -210,3 +210,19 @@ type ValidationProblem struct {
 	Pointer string `json:"pointer"`
 	Message string `json:"message"`
 }
+
+// LogChunk is one piece of a work request's live log, as the "chunk" event of
+// GET /api/1.0/work-request/ID/log/?follow=1 carries it.
+type LogChunk struct {
+	Seq     int    `json:"seq"`
+	Attempt int    `json:"attempt"`
+	Text    string `json:"text"`
+	// EOF marks the last chunk of an attempt.
+	EOF bool `json:"eof,omitempty"`
+}
+
+// LogEnd is the "end" event of a followed log: the request's final state.
+type LogEnd struct {
+	Status Status `json:"status"`
+	Result Result `json:"result"`
+}

@@ -55,6 +55,7 @@ func (s *Server) Handler() http.Handler {
 			r.Use(s.requireUserOrWorker)
 			r.Get("/work-request/", s.listWorkRequests)
 			r.Get("/work-request/{id}/", s.getWorkRequest)
+			r.Get("/work-request/{id}/log/", s.getLog)
 		})
 		r.Group(func(r chi.Router) {
 			r.Use(s.requireWorker)

@@ -63,6 +63,11 @@ type Config struct {
 	// SchedulerSweep is the period of the scheduler's safety-net pass
 	// (default 10s).
 	SchedulerSweep time.Duration
+	// LogMaxBytes caps the live-log stream; the oldest chunks go first
+	// (default 1 GiB).
+	LogMaxBytes int64
+	// LogMaxAge is how long live logs are kept (default 7 days).
+	LogMaxAge time.Duration
 	// Scope is the single scope this server serves (default "debusine", the
 	// debusine client's default).
 	Scope string
@@ -113,6 +118,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.SchedulerSweep <= 0 {
 		c.SchedulerSweep = DefaultSchedulerSweep
+	}
+	if c.LogMaxBytes <= 0 {
+		c.LogMaxBytes = 1 << 30
+	}
+	if c.LogMaxAge <= 0 {
+		c.LogMaxAge = 7 * 24 * time.Hour
 	}
 	if c.Scope == "" {
 		c.Scope = "debusine"
@@ -226,6 +237,9 @@ func (s *Server) ensureStream(ctx context.Context) error {
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := bus.EnsureStream(sctx, s.js, s.names, s.cfg.NATSReplicas)
+		if err == nil {
+			_, err = bus.EnsureLogStream(sctx, s.js, s.names, s.cfg.NATSReplicas, s.cfg.LogMaxBytes, s.cfg.LogMaxAge)
+		}
 		cancel()
 		if err == nil {
 			return nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -49,6 +50,9 @@ type Config struct {
 	HTTPClient *http.Client
 	// RetryMax caps the backoff between retries (default 30s).
 	RetryMax time.Duration
+	// LiveLogMax caps the live log of one run (default 64 MiB); the rest is
+	// only in the run's debug logs.
+	LiveLogMax int64
 }
 
 func (c *Config) setDefaults() error {
@@ -76,6 +80,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.RetryMax <= 0 {
 		c.RetryMax = 30 * time.Second
+	}
+	if c.LiveLogMax <= 0 {
+		c.LiveLogMax = 64 << 20
 	}
 	return nil
 }
@@ -413,7 +420,9 @@ func (w *Worker) take(ctx context.Context, msg jetstream.Msg) {
 // abort; ctx on shutdown.
 func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, log zerolog.Logger) {
 	log = log.With().Str("task", wr.TaskName).Logger()
-	out := newTail(64 << 10)
+	tailBuf := newTail(64 << 10)
+	live := newLiveLog(w.js, w.names.LogSubject(wr.ID), wr.ID, wr.Attempt, w.cfg.LiveLogMax, log)
+	out := io.MultiWriter(tailBuf, live)
 	result := schemas.ResultError
 	task, err := w.cfg.Registry.Get(wr.TaskName)
 	if err == nil {
@@ -431,6 +440,7 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, lo
 			}
 		}
 	}
+	live.Close(context.WithoutCancel(ctx))
 	if errors.Is(context.Cause(runCtx), ErrAborted) {
 		log.Info().Msg("aborted; not reporting a result")
 		return
@@ -440,7 +450,7 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, lo
 		return
 	}
 	log.Info().Str("result", string(result)).Msg("finished")
-	report := schemas.WorkRequestCompleted{Result: result, Attempt: wr.Attempt, Output: out.String()}
+	report := schemas.WorkRequestCompleted{Result: result, Attempt: wr.Attempt, Output: tailBuf.String()}
 	err = w.retry(ctx, "report result", func() error {
 		err := w.api.CompleteWorkRequest(ctx, wr.ID, report)
 		if code := client.StatusCode(err); code == http.StatusUnauthorized || code == http.StatusConflict || code == http.StatusNotFound {

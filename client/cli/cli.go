@@ -172,6 +172,7 @@ usage, 3 any other error.`,
 		a.manageWorkRequestCommand(),
 		a.whoamiCommand(),
 		a.listWorkersCommand(),
+		a.logsCommand(),
 	)
 	return root
 }

@@ -1,0 +1,140 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kiln-ci/kiln/bus"
+	"github.com/kiln-ci/kiln/schemas"
+	"github.com/kiln-ci/kiln/server/store"
+)
+
+// getLog serves a work request's live log: everything stored so far as
+// text/plain, or with ?follow=1 as Server-Sent Events (event "chunk" with a
+// schemas.LogChunk, then event "end" with the final status) until the
+// request has ended and its worker has published the end of the log.
+func (s *Server) getLog(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return
+	}
+	wr, err := s.store.WorkRequest(r.Context(), id)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
+	follow := r.URL.Query().Get("follow")
+	if follow == "1" || follow == "true" {
+		s.followLog(w, r, wr)
+		return
+	}
+	stream, err := s.js.Stream(r.Context(), s.names.LogStream())
+	if err != nil {
+		problem(w, http.StatusServiceUnavailable, "Live logs unavailable", err.Error())
+		return
+	}
+	subject := s.names.LogSubject(id)
+	last, err := stream.GetLastMsgForSubject(r.Context(), subject)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if err != nil {
+		problem(w, http.StatusServiceUnavailable, "Live logs unavailable", err.Error())
+		return
+	}
+	cons, err := stream.OrderedConsumer(r.Context(), jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		problem(w, http.StatusServiceUnavailable, "Live logs unavailable", err.Error())
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+	prevAttempt := 0
+	for r.Context().Err() == nil {
+		msg, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if err != nil {
+			return
+		}
+		c := chunkOf(msg)
+		if prevAttempt != 0 && c.Attempt != prevAttempt {
+			fmt.Fprintf(w, "\n[kiln: attempt %d]\n", c.Attempt)
+		}
+		prevAttempt = c.Attempt
+		_, _ = w.Write([]byte(c.Text))
+		if meta, err := msg.Metadata(); err != nil || meta.Sequence.Stream >= last.Sequence {
+			return
+		}
+	}
+}
+
+func chunkOf(msg jetstream.Msg) schemas.LogChunk {
+	h := msg.Headers()
+	seq, _ := strconv.Atoi(h.Get(bus.HeaderLogSeq))
+	attempt, _ := strconv.Atoi(h.Get(bus.HeaderLogAttempt))
+	return schemas.LogChunk{Seq: seq, Attempt: attempt, Text: string(msg.Data()), EOF: h.Get(bus.HeaderLogEOF) == "1"}
+}
+
+func (s *Server) followLog(w http.ResponseWriter, r *http.Request, wr store.WorkRequest) {
+	ctx := r.Context()
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		problem(w, http.StatusInternalServerError, "Streaming unsupported", "")
+		return
+	}
+	cons, err := s.js.OrderedConsumer(ctx, s.names.LogStream(),
+		jetstream.OrderedConsumerConfig{FilterSubjects: []string{s.names.LogSubject(wr.ID)}})
+	if err != nil {
+		problem(w, http.StatusServiceUnavailable, "Live logs unavailable", err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	send := func(event string, v any) {
+		b, _ := json.Marshal(v)
+		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
+		flusher.Flush()
+	}
+	eof := map[int]bool{}
+	idle := 0
+	lastBeat := time.Now()
+	for ctx.Err() == nil {
+		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
+		if err == nil {
+			c := chunkOf(msg)
+			if c.EOF {
+				eof[c.Attempt] = true
+			}
+			send("chunk", c)
+			idle = 0
+			if !c.EOF {
+				continue
+			}
+		} else {
+			idle++
+		}
+		// Nothing new (or the end of an attempt): has the request ended?
+		cur, err := s.store.WorkRequest(context.WithoutCancel(ctx), wr.ID)
+		if err != nil {
+			return
+		}
+		if schemas.Status(cur.Status).Terminal() && (eof[cur.Attempt] || idle >= 3) {
+			send("end", schemas.LogEnd{Status: schemas.Status(cur.Status), Result: schemas.Result(cur.Result)})
+			return
+		}
+		if time.Since(lastBeat) > 15*time.Second {
+			fmt.Fprint(w, ": keep-alive\n\n")
+			flusher.Flush()
+			lastBeat = time.Now()
+		}
+	}
+}
