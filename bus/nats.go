@@ -25,6 +25,8 @@ type Control struct {
 	Type          string `json:"type"`
 	WorkRequestID int64  `json:"work_request_id,omitempty"`
 	Attempt       int    `json:"attempt,omitempty"`
+	// Reason of an abort: "aborted" (by a user) or "timeout".
+	Reason string `json:"reason,omitempty"`
 }
 
 // Embedded is a nats-server running inside this process.

@@ -125,3 +125,18 @@ func (c *Client) ListWorkers(ctx context.Context) ([]schemas.Worker, error) {
 	}
 	return out, nil
 }
+
+// ConfirmKill tells the server that nothing of the given attempt of an
+// aborted or timed-out work request runs any more, freeing the worker's slot.
+func (c *Client) ConfirmKill(ctx context.Context, id int64, attempt int) error {
+	err := c.doEmpty(ctx, call{
+		method: http.MethodPost,
+		url:    c.endpoint(workRequestPath(id, "killed"), nil),
+		body:   schemas.WorkRequestKilled{Attempt: attempt},
+		expect: []int{http.StatusNoContent},
+	})
+	if err != nil {
+		return fmt.Errorf("confirm kill of work request %d: %w", id, err)
+	}
+	return nil
+}

@@ -2,7 +2,10 @@ package schemas
 
 import (
 	"encoding/json"
+	"errors"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Metadata is a worker's metadata: the keys its tasks and system report
@@ -74,6 +77,15 @@ type WorkRequest struct {
 	Supersedes    *int64     `json:"supersedes"`
 	SupersededBy  *int64     `json:"superseded_by"`
 	WaitingReason string     `json:"waiting_reason"`
+	// Reason says why a request ended as it did when its result alone does
+	// not (for example "timeout").
+	Reason string `json:"reason"`
+	// KillPending: aborted or timed out while running, and its worker has
+	// not confirmed yet that everything it ran is gone.
+	KillPending bool `json:"kill_pending"`
+	// TimeoutSeconds is the run-time limit; DeadlineAt is set when it starts.
+	TimeoutSeconds int        `json:"timeout_seconds"`
+	DeadlineAt     *time.Time `json:"deadline_at"`
 	// Output holds the end of the task's output once it has completed.
 	Output string `json:"output,omitempty"`
 }
@@ -121,6 +133,12 @@ type WorkRequestCompleted struct {
 	Output string `json:"output,omitempty"`
 }
 
+// WorkRequestKilled is the body of POST /api/1.0/work-request/ID/killed/
+// (Kiln): the worker confirms that nothing of that attempt runs any more.
+type WorkRequestKilled struct {
+	Attempt int `json:"attempt"`
+}
+
 // WorkRequestStart is the body of POST /api/1.0/work-request/ID/start/ (Kiln),
 // which a worker calls when it takes an assignment from NATS.
 type WorkRequestStart struct {
@@ -142,6 +160,10 @@ type Worker struct {
 	StaticMetadata           Metadata   `json:"static_metadata"`
 	DynamicMetadata          Metadata   `json:"dynamic_metadata"`
 	DynamicMetadataUpdatedAt *time.Time `json:"dynamic_metadata_updated_at"`
+	// OverdueKills lists requests that were aborted or timed out on this
+	// worker and whose kill it never confirmed in time: something may still
+	// run there.
+	OverdueKills []int64 `json:"overdue_kills"`
 }
 
 // WorkerConfig is what GET /api/1.0/worker/config/ (Kiln) tells a worker:
@@ -225,4 +247,154 @@ type LogChunk struct {
 type LogEnd struct {
 	Status Status `json:"status"`
 	Result Result `json:"result"`
+}
+
+// ArtifactFileCreate is one file of an artifact being created: debusine's
+// FileRequest.
+type ArtifactFileCreate struct {
+	// Size is the file's size in bytes.
+	Size int64 `json:"size"`
+	// Checksums maps a hash name to the hex digest; "sha256" is required and
+	// the only one accepted.
+	Checksums map[string]string `json:"checksums"`
+	// Type is always "file".
+	Type string `json:"type"`
+	// ContentType is the media type to serve the file with (a safe subset
+	// is honoured; others are served as application/octet-stream).
+	ContentType *string `json:"content_type,omitempty"`
+}
+
+// ArtifactCreate is the body of POST /api/1.0/artifact/: debusine's
+// ArtifactCreateRequest.
+type ArtifactCreate struct {
+	Category string `json:"category"`
+	// Workspace defaults to the server's workspace.
+	Workspace string `json:"workspace,omitempty"`
+	// Files maps each path in the artifact to its size and checksum.
+	Files map[string]ArtifactFileCreate `json:"files"`
+	// Data is a JSON object; default {}.
+	Data json.RawMessage `json:"data,omitempty"`
+	// WorkRequest links the artifact to the work request that made it; only
+	// the worker running that work request may set it.
+	WorkRequest *int64 `json:"work_request,omitempty"`
+	// ExpireAt is when the artifact may be deleted; nil keeps it until an
+	// admin deletes it.
+	ExpireAt *time.Time `json:"expire_at,omitempty"`
+}
+
+// FileTypeFile is the only ArtifactFile type.
+const FileTypeFile = "file"
+
+// ArtifactFile is one file of an artifact: debusine's FileResponse, then
+// Kiln's additions.
+type ArtifactFile struct {
+	Size      int64             `json:"size"`
+	Checksums map[string]string `json:"checksums"`
+	Type      string            `json:"type"`
+	// URL is the absolute URL to download the file from (and to upload it
+	// to, with PUT).
+	URL         string  `json:"url"`
+	ContentType *string `json:"content_type"`
+	// Complete (Kiln) says whether the server has the whole file.
+	Complete bool `json:"complete"`
+}
+
+// Artifact is the JSON shape of an artifact: debusine's ArtifactResponse
+// fields first, then Kiln's.
+type Artifact struct {
+	ID        int64  `json:"id"`
+	URL       string `json:"url"`
+	Scope     string `json:"scope"`
+	Workspace string `json:"workspace"`
+	Category  string `json:"category"`
+	// Data is the artifact's JSON object.
+	Data      json.RawMessage `json:"data"`
+	CreatedAt time.Time       `json:"created_at"`
+	ExpireAt  *time.Time      `json:"expire_at"`
+	// DownloadTarGzURL is the absolute URL of the whole artifact as .tar.gz.
+	DownloadTarGzURL string `json:"download_tar_gz_url"`
+	// FilesToUpload lists the paths whose content the server does not have
+	// yet, sorted.
+	FilesToUpload []string `json:"files_to_upload"`
+	// Files maps each path in the artifact to its file.
+	Files map[string]ArtifactFile `json:"files"`
+	// WorkRequest (Kiln) is the work request that created the artifact.
+	WorkRequest *int64 `json:"work_request"`
+	// CreatedBy (Kiln) is the id of the user who created it, if a user did.
+	CreatedBy *int64 `json:"created_by"`
+}
+
+// RelationType is the type of an artifact relation.
+type RelationType string
+
+// Artifact relation types, as debusine's.
+const (
+	RelationExtends    RelationType = "extends"
+	RelationRelatesTo  RelationType = "relates-to"
+	RelationBuiltUsing RelationType = "built-using"
+)
+
+// Valid reports whether t is a known relation type.
+func (t RelationType) Valid() bool {
+	return t == RelationExtends || t == RelationRelatesTo || t == RelationBuiltUsing
+}
+
+// ArtifactRelationCreate is the body of POST /api/1.0/artifact-relation/.
+type ArtifactRelationCreate struct {
+	Artifact int64        `json:"artifact"`
+	Target   int64        `json:"target"`
+	Type     RelationType `json:"type"`
+}
+
+// ArtifactRelation is a typed link from one artifact to another.
+type ArtifactRelation struct {
+	ID       int64        `json:"id"`
+	Artifact int64        `json:"artifact"`
+	Target   int64        `json:"target"`
+	Type     RelationType `json:"type"`
+}
+
+// Limits of a path in an artifact.
+const (
+	MaxArtifactPathBytes    = 1024
+	MaxArtifactSegmentBytes = 255
+)
+
+// ValidateArtifactPath checks a path in an artifact: relative, made of
+// "/"-separated names that are not empty, "." or "..", valid UTF-8 without
+// control characters or backslashes, at most MaxArtifactPathBytes long with
+// names of at most MaxArtifactSegmentBytes. The server refuses artifacts
+// with other paths, and clients refuse to write them to disk.
+func ValidateArtifactPath(p string) error {
+	switch {
+	case p == "":
+		return errors.New("the path is empty")
+	case len(p) > MaxArtifactPathBytes:
+		return errors.New("the path is longer than 1024 bytes")
+	case !utf8.ValidString(p):
+		return errors.New("the path is not valid UTF-8")
+	case strings.HasPrefix(p, "/"):
+		return errors.New("the path is absolute")
+	}
+	for _, r := range p {
+		switch {
+		case r == 0:
+			return errors.New("the path contains a NUL byte")
+		case r < 0x20 || r == 0x7f:
+			return errors.New("the path contains a control character")
+		case r == '\\':
+			return errors.New("the path contains a backslash")
+		}
+	}
+	for _, seg := range strings.Split(p, "/") {
+		switch {
+		case seg == "":
+			return errors.New("the path has an empty name (a doubled or trailing /)")
+		case seg == "." || seg == "..":
+			return errors.New("the path contains " + seg + " as a name")
+		case len(seg) > MaxArtifactSegmentBytes:
+			return errors.New("a name in the path is longer than 255 bytes")
+		}
+	}
+	return nil
 }

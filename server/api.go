@@ -64,6 +64,7 @@ func (s *Server) Handler() http.Handler {
 			r.Get("/work-request/get-next-for-worker/", s.getNextForWorker)
 			r.Post("/work-request/{id}/start/", s.startWorkRequest)
 			r.Put("/work-request/{id}/completed/", s.completeWorkRequest)
+			r.Post("/work-request/{id}/killed/", s.killedWorkRequest)
 		})
 	})
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {

@@ -63,6 +63,16 @@ type Config struct {
 	// SchedulerSweep is the period of the scheduler's safety-net pass
 	// (default 10s).
 	SchedulerSweep time.Duration
+	// TaskTimeout is the run-time limit of requests whose task data sets no
+	// "timeout" and whose task has none in TaskTimeouts (default 24h).
+	TaskTimeout time.Duration
+	// TaskTimeouts are per-task default run-time limits.
+	TaskTimeouts map[string]time.Duration
+	// KillConfirmTimeout is how long a worker has to confirm that an aborted
+	// or timed-out run is gone; its slot stays taken meanwhile, and past it
+	// the worker is flagged (default 2m: above the worker's grace period and
+	// finalize step).
+	KillConfirmTimeout time.Duration
 	// LogMaxBytes caps the live-log stream; the oldest chunks go first
 	// (default 1 GiB).
 	LogMaxBytes int64
@@ -85,10 +95,12 @@ type Config struct {
 
 // Defaults of the durations in Config.
 const (
-	DefaultHeartbeatInterval = 5 * time.Second
-	DefaultHeartbeatTimeout  = 30 * time.Second
-	DefaultWorkerLostAfter   = 5 * time.Minute
-	DefaultSchedulerSweep    = 10 * time.Second
+	DefaultHeartbeatInterval  = 5 * time.Second
+	DefaultHeartbeatTimeout   = 30 * time.Second
+	DefaultWorkerLostAfter    = 5 * time.Minute
+	DefaultSchedulerSweep     = 10 * time.Second
+	DefaultTaskTimeout        = 24 * time.Hour
+	DefaultKillConfirmTimeout = 2 * time.Minute
 )
 
 func (c *Config) setDefaults() {
@@ -118,6 +130,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.SchedulerSweep <= 0 {
 		c.SchedulerSweep = DefaultSchedulerSweep
+	}
+	if c.TaskTimeout <= 0 {
+		c.TaskTimeout = DefaultTaskTimeout
+	}
+	if c.KillConfirmTimeout <= 0 {
+		c.KillConfirmTimeout = DefaultKillConfirmTimeout
 	}
 	if c.LogMaxBytes <= 0 {
 		c.LogMaxBytes = 1 << 30
@@ -215,6 +233,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.goRun(func() { s.sched.Run(runCtx) })
 	s.goRun(func() { s.relay(runCtx) })
+	s.goRun(func() { s.enforceDeadlines(runCtx) })
 
 	if s.listener, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)

@@ -210,9 +210,16 @@ func (s *Server) listWorkers(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, err)
 		return
 	}
+	overdue, err := s.store.OverdueKills(r.Context())
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
 	out := make([]schemas.Worker, 0, len(ws))
 	for _, wk := range ws {
-		out = append(out, s.workerToWire(wk))
+		ww := s.workerToWire(wk)
+		ww.OverdueKills = append([]int64{}, overdue[wk.ID]...)
+		out = append(out, ww)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

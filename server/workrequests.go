@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -43,6 +44,9 @@ func (s *Server) toWire(wr store.WorkRequest) schemas.WorkRequest {
 		Scope:              s.cfg.Scope,
 		Attempt:            wr.Attempt,
 		Output:             wr.Output,
+		Reason:             wr.Reason,
+		KillPending:        wr.KillPending,
+		TimeoutSeconds:     wr.TimeoutSeconds,
 	}
 	if wr.DynamicTaskData.Valid {
 		out.DynamicTaskData = json.RawMessage(wr.DynamicTaskData.String)
@@ -65,6 +69,7 @@ func (s *Server) toWire(wr store.WorkRequest) schemas.WorkRequest {
 	out.StartedAt = t(wr.StartedAt)
 	out.CompletedAt = t(wr.CompletedAt)
 	out.AssignedAt = t(wr.AssignedAt)
+	out.DeadlineAt = t(wr.DeadlineAt)
 	out.Worker = i(wr.WorkerID.Valid, wr.WorkerID.Int64)
 	out.CreatedBy = i(wr.CreatedBy.Valid, wr.CreatedBy.Int64)
 	out.AbortedBy = i(wr.AbortedBy.Valid, wr.AbortedBy.Int64)
@@ -157,6 +162,7 @@ func (s *Server) createWorkRequest(w http.ResponseWriter, r *http.Request) {
 	wr, err := s.store.CreateWorkRequest(r.Context(), store.NewWorkRequest{
 		TaskName: in.TaskName, TaskType: string(task.Type()), TaskData: compactJSON(in.TaskData),
 		Workspace: ws, PriorityBase: prio, CreatedBy: u.ID, Shape: tasks.ShapeKey(in.TaskName, req),
+		TimeoutSeconds: s.timeoutFor(in.TaskName, in.TaskData),
 	})
 	if err != nil {
 		s.internal(w, err)
@@ -166,6 +172,21 @@ func (s *Server) createWorkRequest(w http.ResponseWriter, r *http.Request) {
 	s.log.Info().Int64("work_request", wr.ID).Str("task", wr.TaskName).Str("user", u.Username).Msg("work request created")
 	s.kickScheduler()
 	writeJSON(w, http.StatusOK, s.toWire(wr))
+}
+
+// timeoutFor is the run-time limit of a new request in whole seconds: the
+// task data's "timeout", else the task's default, else the server's.
+func (s *Server) timeoutFor(task string, data json.RawMessage) int {
+	var d struct {
+		Timeout float64 `json:"timeout"`
+	}
+	if json.Unmarshal(data, &d) == nil && d.Timeout > 0 {
+		return max(int(math.Ceil(d.Timeout)), 1)
+	}
+	if t, ok := s.cfg.TaskTimeouts[task]; ok && t > 0 {
+		return max(int(t/time.Second), 1)
+	}
+	return max(int(s.cfg.TaskTimeout/time.Second), 1)
 }
 
 // emptyObject reports whether raw is absent, null or an object without keys.
@@ -372,7 +393,7 @@ func (s *Server) abortWorkRequest(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	before, err := s.store.Abort(r.Context(), id, u.ID)
+	before, err := s.store.Abort(r.Context(), id, u.ID, time.Now().Add(s.cfg.KillConfirmTimeout))
 	if errors.Is(err, store.ErrConflict) {
 		problem(w, http.StatusBadRequest, "Cannot abort work request", "Only pending, blocked, or running tasks can be aborted")
 		return
@@ -383,7 +404,7 @@ func (s *Server) abortWorkRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	if before.WorkerID.Valid {
 		s.sendControl(r.Context(), before.WorkerID.Int64,
-			bus.Control{Type: bus.ControlAbort, WorkRequestID: id, Attempt: before.Attempt},
+			bus.Control{Type: bus.ControlAbort, WorkRequestID: id, Attempt: before.Attempt, Reason: "aborted"},
 			fmt.Sprintf("abort-%d-%d", id, before.Attempt))
 	}
 	s.log.Info().Int64("work_request", id).Str("user", u.Username).Msg("work request aborted")

@@ -18,6 +18,7 @@ type Noop struct{}
 type NoopData struct {
 	Result           *bool   `json:"result,omitempty"`
 	SleepSeconds     float64 `json:"sleep_seconds,omitempty"`
+	Timeout          float64 `json:"timeout,omitempty"`
 	HostArchitecture string  `json:"host_architecture,omitempty"`
 }
 

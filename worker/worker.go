@@ -413,6 +413,11 @@ func (w *Worker) take(ctx context.Context, msg jetstream.Msg) {
 			cancel(nil)
 		}()
 		w.execute(runCtx, ctx, wr, log)
+		if errors.Is(context.Cause(runCtx), ErrAborted) {
+			// Everything the run started is gone once execute returns:
+			// say so, so that the server frees this slot.
+			w.confirmKill(ctx, wr.ID, wr.Attempt, log)
+		}
 	}()
 }
 
@@ -463,6 +468,22 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, lo
 	}
 }
 
+// confirmKill tells the server, with retries, that a run is gone.
+func (w *Worker) confirmKill(ctx context.Context, id int64, attempt int, log zerolog.Logger) {
+	err := w.retry(ctx, "confirm kill", func() error {
+		err := w.api.ConfirmKill(ctx, id, attempt)
+		if code := client.StatusCode(err); code == http.StatusNotFound || code == http.StatusUnauthorized {
+			return permanent(err)
+		}
+		return err
+	})
+	if err != nil && ctx.Err() == nil {
+		log.Warn().Err(err).Msg("kill confirmation refused")
+		return
+	}
+	log.Info().Msg("kill confirmed")
+}
+
 // control handles aborts and requests for metadata.
 func (w *Worker) control(ctx context.Context) {
 	w.messages(ctx, w.names.ControlConsumer(w.wcfg.WorkerID), w.names.ControlSubject(w.wcfg.WorkerID), func(msg jetstream.Msg) {
@@ -476,9 +497,14 @@ func (w *Worker) control(ctx context.Context) {
 			w.runsMu.Lock()
 			cancel, ok := w.runs[c.WorkRequestID]
 			w.runsMu.Unlock()
+			log := w.log.With().Int64("work_request", c.WorkRequestID).Int("attempt", c.Attempt).Str("reason", c.Reason).Logger()
 			if ok {
-				w.log.Info().Int64("work_request", c.WorkRequestID).Msg("abort received")
-				cancel(ErrAborted)
+				log.Info().Msg("abort received; stopping the run")
+				cancel(fmt.Errorf("%w (%s)", ErrAborted, c.Reason))
+			} else {
+				// Nothing of it runs here (finished, never started, or
+				// from before a restart): confirm at once.
+				go w.confirmKill(ctx, c.WorkRequestID, c.Attempt, log)
 			}
 		case bus.ControlRequestMetadata:
 			if err := w.sendMetadata(ctx); err != nil {

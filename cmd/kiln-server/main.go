@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sort"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -70,6 +73,11 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", server.DefaultHeartbeatTimeout, "a worker silent this long is disconnected")
 	f.DurationVar(&cfg.WorkerLostAfter, "worker-lost-after", server.DefaultWorkerLostAfter, "a worker silent this long gets no new assignments")
 	f.DurationVar(&cfg.SchedulerSweep, "scheduler-sweep", server.DefaultSchedulerSweep, "period of the scheduler's safety-net pass")
+	f.DurationVar(&cfg.TaskTimeout, "task-timeout", server.DefaultTaskTimeout, "run-time limit of requests whose task data sets no timeout")
+	f.Var(&durationMap{m: &cfg.TaskTimeouts}, "task-timeouts", "per-task run-time limits, e.g. noop=1h,sbuild=12h")
+	f.DurationVar(&cfg.KillConfirmTimeout, "kill-confirm-timeout", server.DefaultKillConfirmTimeout, "how long a worker has to confirm that an aborted run is gone before it is flagged")
+	f.Int64Var(&cfg.LogMaxBytes, "log-max-bytes", 1<<30, "size cap of the live-log stream (oldest chunks go first)")
+	f.DurationVar(&cfg.LogMaxAge, "log-max-age", 7*24*time.Hour, "how long live logs are kept")
 	f.StringVar(&cfg.Scope, "scope", "debusine", "the scope this server serves (X-Debusine-Scope)")
 	f.StringVar(&cfg.Workspace, "workspace", "System", "default workspace of new work requests")
 	f.BoolVar(&cfg.Dev, "dev", false, "single-node development mode: local worker, a 'dev' admin user, DATA_DIR/client.ini")
@@ -81,3 +89,40 @@ func newCommand() *cobra.Command {
 	}))
 	return root
 }
+
+// durationMap is a flag of TASK=DURATION pairs separated by commas.
+type durationMap struct{ m *map[string]time.Duration }
+
+func (d *durationMap) String() string {
+	if d.m == nil || *d.m == nil {
+		return ""
+	}
+	parts := make([]string, 0, len(*d.m))
+	for k, v := range *d.m {
+		parts = append(parts, k+"="+v.String())
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+func (d *durationMap) Set(s string) error {
+	m := map[string]time.Duration{}
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return fmt.Errorf("%q: use TASK=DURATION", kv)
+		}
+		dur, err := time.ParseDuration(v)
+		if err != nil || dur <= 0 {
+			return fmt.Errorf("%q: %q is not a positive duration", kv, v)
+		}
+		m[strings.TrimSpace(k)] = dur
+	}
+	*d.m = m
+	return nil
+}
+
+func (d *durationMap) Type() string { return "task=duration,..." }

@@ -56,6 +56,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.Name, "name", "", "worker name (default: the host name)")
 	f.IntVar(&cfg.Concurrency, "concurrency", 1, "work requests run at once")
 	f.StringVar(&cfg.WorkerType, "worker-type", "external", "external, celery or signing")
+	f.Int64Var(&cfg.LiveLogMax, "live-log-max", 64<<20, "bytes of a run's output streamed as its live log; the rest is only in its debug logs")
 	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 	return cmd

@@ -82,7 +82,7 @@ func (s *Store) Assign(ctx context.Context, id int64, attempt int, workerID int6
 		}
 		var active int
 		if err := tx.GetContext(ctx, &active, tx.Rebind(`SELECT COUNT(*) FROM work_requests
-			WHERE worker_id = ? AND status IN ('pending', 'running')`), workerID); err != nil {
+			WHERE worker_id = ? AND (status IN ('pending', 'running') OR kill_pending)`), workerID); err != nil {
 			return err
 		}
 		if active >= limit {

@@ -37,7 +37,7 @@ func TestPendingShapes(t *testing.T) {
 		assigned := newWR(t, st, wrOpts{shape: "noop", priority: 100})
 		assign(t, st, assigned, w)
 		aborted := newWR(t, st, wrOpts{shape: "gone", priority: 100})
-		_, err = st.Abort(ctx, aborted.ID, 0)
+		_, err = st.Abort(ctx, aborted.ID, 0, time.Now().Add(time.Minute))
 		require.NoError(t, err)
 
 		shapes, err = st.PendingShapes(ctx)
@@ -162,7 +162,7 @@ func TestAssign(t *testing.T) {
 
 		// Aborted requests cannot be assigned.
 		d := newWR(t, st, wrOpts{})
-		_, err = st.Abort(ctx, d.ID, 0)
+		_, err = st.Abort(ctx, d.ID, 0, time.Now().Add(time.Minute))
 		require.NoError(t, err)
 		_, err = st.Assign(ctx, d.ID, d.Attempt, other.ID, 10, assignMsg(d))
 		require.ErrorIs(t, err, ErrConflict)
@@ -305,7 +305,7 @@ func TestSetWaitingReasons(t *testing.T) {
 		assign(t, st, done, w)
 		_, err := st.Complete(ctx, done.ID, w.ID, 0, "success", "")
 		require.NoError(t, err)
-		_, err = st.Abort(ctx, aborted.ID, 0)
+		_, err = st.Abort(ctx, aborted.ID, 0, time.Now().Add(time.Minute))
 		require.NoError(t, err)
 
 		reasons := func() map[string]string {

@@ -217,6 +217,15 @@ func (s *Store) TryLead(ctx context.Context) (bool, error) {
 
 func (s *Store) rebind(q string) string { return s.w.Rebind(q) }
 
+// forUpdate is the row lock of a SELECT inside a transaction. SQLite needs
+// none: its transactions run one at a time on the single write connection.
+func (s *Store) forUpdate() string {
+	if s.dialect == Postgres {
+		return " FOR UPDATE"
+	}
+	return ""
+}
+
 // tx runs fn in a write transaction, committing when it returns nil.
 func (s *Store) tx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
 	tx, err := s.w.BeginTxx(ctx, nil)

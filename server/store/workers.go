@@ -55,7 +55,7 @@ func (w Worker) Metadata() map[string]any {
 }
 
 const workerColumns = `workers.*, (SELECT COUNT(*) FROM work_requests wr
-	WHERE wr.worker_id = workers.id AND wr.status IN ('pending', 'running')) AS active`
+	WHERE wr.worker_id = workers.id AND (wr.status IN ('pending', 'running') OR wr.kill_pending)) AS active`
 
 // RegisterWorker stores a new, disabled worker that authenticates with
 // tokenSecret. A name that is taken gets a numeric suffix, as two machines

@@ -339,7 +339,7 @@ func TestWorkerActiveCount(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, 2, got.Active, "assigned + running, not completed")
 
-		_, err = st.Abort(ctx, a.ID, 0)
+		_, err = st.Abort(ctx, a.ID, 0, time.Now().Add(time.Minute))
 		require.NoError(t, err)
 		all, err := st.Workers(ctx)
 		require.NoError(t, err)

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -35,6 +36,13 @@ type WorkRequest struct {
 	SupersededBy       sql.NullInt64  `db:"superseded_by"`
 	Shape              string         `db:"shape"`
 	Output             string         `db:"output"`
+	Reason             string         `db:"reason"`
+	TimeoutSeconds     int            `db:"timeout_seconds"`
+	DeadlineAt         sql.NullTime   `db:"deadline_at"`
+	KillPending        bool           `db:"kill_pending"`
+	KillDeadlineAt     sql.NullTime   `db:"kill_deadline_at"`
+	KillConfirmedAt    sql.NullTime   `db:"kill_confirmed_at"`
+	KillOverdue        bool           `db:"kill_overdue"`
 	WaitingReason      sql.NullString `db:"waiting_reason"`
 }
 
@@ -51,6 +59,8 @@ type NewWorkRequest struct {
 	PriorityBase int
 	CreatedBy    int64
 	Shape        string
+	// TimeoutSeconds limits the run time; the deadline is set at start.
+	TimeoutSeconds int
 }
 
 // CreateWorkRequest stores a new pending work request.
@@ -74,9 +84,9 @@ func insertWorkRequest(ctx context.Context, tx *sqlx.Tx, n NewWorkRequest, super
 	}
 	var id int64
 	err := tx.GetContext(ctx, &id, tx.Rebind(`INSERT INTO work_requests
-		(task_name, task_type, task_data, status, priority_base, priority_adjustment, priority, workspace, created_by, created_at, attempt, supersedes, shape)
-		VALUES (?, ?, ?, 'pending', ?, 0, ?, ?, ?, ?, 1, ?, ?) RETURNING id`),
-		n.TaskName, n.TaskType, n.TaskData, n.PriorityBase, n.PriorityBase, n.Workspace, createdBy, now(), supersedes, n.Shape)
+		(task_name, task_type, task_data, status, priority_base, priority_adjustment, priority, workspace, created_by, created_at, attempt, supersedes, shape, timeout_seconds)
+		VALUES (?, ?, ?, 'pending', ?, 0, ?, ?, ?, ?, 1, ?, ?, ?) RETURNING id`),
+		n.TaskName, n.TaskType, n.TaskData, n.PriorityBase, n.PriorityBase, n.Workspace, createdBy, now(), supersedes, n.Shape, n.TimeoutSeconds)
 	return id, err
 }
 
@@ -163,21 +173,29 @@ func (s *Store) SetPriorityAdjustment(ctx context.Context, id int64, adj int) er
 		`UPDATE work_requests SET priority_adjustment = ?, priority = priority_base + ? WHERE id = ?`, adj, adj, id)
 }
 
-// Abort marks a pending, blocked or running request aborted by user by. It
-// returns the request as it was before, so the caller knows which worker (if
-// any) to tell. ErrConflict when it has already finished.
-func (s *Store) Abort(ctx context.Context, id int64, by int64) (WorkRequest, error) {
+// Abort marks a pending, blocked or running request aborted by user by. A
+// running request also gets a pending kill: its worker's slot stays taken
+// until the worker confirms the kill (ConfirmKill) or killDeadline passes
+// (ExpireKills). It returns the request as it was before, so the caller knows
+// which worker (if any) to tell. ErrConflict when it has already finished.
+func (s *Store) Abort(ctx context.Context, id int64, by int64, killDeadline time.Time) (WorkRequest, error) {
 	var before WorkRequest
 	err := s.tx(ctx, func(tx *sqlx.Tx) error {
-		if err := tx.GetContext(ctx, &before, tx.Rebind(`SELECT `+wrColumns+wrFrom+` WHERE work_requests.id = ?`), id); err != nil {
+		if err := tx.GetContext(ctx, &before, tx.Rebind(`SELECT * FROM work_requests WHERE id = ?`+s.forUpdate()), id); err != nil {
 			return notFound("work request", id, err)
 		}
 		var abortedBy any
 		if by != 0 {
 			abortedBy = by
 		}
-		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'aborted', aborted_by = ?, completed_at = ?
-			WHERE id = ? AND status IN ('pending', 'blocked', 'running')`), abortedBy, now(), id)
+		running := before.Status == "running"
+		var deadline any
+		if running {
+			deadline = killDeadline.UTC()
+		}
+		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'aborted', aborted_by = ?, completed_at = ?,
+			kill_pending = ?, kill_deadline_at = ?
+			WHERE id = ? AND status IN ('pending', 'blocked', 'running')`), abortedBy, now(), running, deadline, id)
 		if err != nil {
 			return err
 		}
@@ -219,7 +237,7 @@ func (s *Store) Retry(ctx context.Context, id int64, by int64) (WorkRequest, err
 		var err error
 		newID, err = insertWorkRequest(ctx, tx, NewWorkRequest{
 			TaskName: old.TaskName, TaskType: old.TaskType, TaskData: old.TaskData, Workspace: old.Workspace,
-			PriorityBase: old.PriorityBase, CreatedBy: createdBy, Shape: old.Shape,
+			PriorityBase: old.PriorityBase, CreatedBy: createdBy, Shape: old.Shape, TimeoutSeconds: old.TimeoutSeconds,
 		}, sql.NullInt64{Int64: id, Valid: true})
 		if err != nil {
 			return err
@@ -242,12 +260,34 @@ func (s *Store) Retry(ctx context.Context, id int64, by int64) (WorkRequest, err
 // ErrConflict when it is no longer assigned to that worker and attempt, or
 // was already started: the assignment message is stale.
 func (s *Store) Start(ctx context.Context, id, workerID int64, attempt int) (WorkRequest, error) {
-	res, err := s.w.ExecContext(ctx, s.rebind(`UPDATE work_requests SET status = 'running', started_at = ?
-		WHERE id = ? AND worker_id = ? AND attempt = ? AND status = 'pending'`), now(), id, workerID, attempt)
+	var started bool
+	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		var timeout int
+		err := tx.GetContext(ctx, &timeout, tx.Rebind(`SELECT timeout_seconds FROM work_requests WHERE id = ?`), id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		t := now()
+		var deadline any
+		if timeout > 0 {
+			deadline = t.Add(time.Duration(timeout) * time.Second)
+		}
+		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'running', started_at = ?, deadline_at = ?
+			WHERE id = ? AND worker_id = ? AND attempt = ? AND status = 'pending'`), t, deadline, id, workerID, attempt)
+		if err != nil {
+			return err
+		}
+		n, _ := res.RowsAffected()
+		started = n == 1
+		return nil
+	})
 	if err != nil {
 		return WorkRequest{}, fmt.Errorf("start work request %d: %w", id, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	if !started {
 		wr, err := s.WorkRequest(ctx, id)
 		if err != nil {
 			return WorkRequest{}, err
@@ -310,6 +350,96 @@ func (s *Store) ActiveForWorker(ctx context.Context, workerID int64) ([]WorkRequ
 		WHERE work_requests.worker_id = ? AND work_requests.status IN ('pending', 'running') ORDER BY work_requests.id`), workerID)
 	if err != nil {
 		return nil, fmt.Errorf("active work requests of worker %d: %w", workerID, err)
+	}
+	return out, nil
+}
+
+// ConfirmKill records that workerID has stopped everything attempt of request
+// id ran, freeing its slot. A confirmation for a request with no pending kill
+// is accepted and changes nothing, so workers may confirm every abort they
+// receive. ErrNotFound when the request is not (or no longer) that worker's.
+func (s *Store) ConfirmKill(ctx context.Context, id, workerID int64, attempt int) error {
+	res, err := s.w.ExecContext(ctx, s.rebind(`UPDATE work_requests SET kill_pending = ?, kill_overdue = ?, kill_confirmed_at = ?
+		WHERE id = ? AND worker_id = ? AND (attempt = ? OR ? = 0) AND (kill_pending OR kill_overdue)`),
+		false, false, now(), id, workerID, attempt, attempt)
+	if err != nil {
+		return fmt.Errorf("confirm kill of work request %d: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return nil
+	}
+	wr, err := s.WorkRequest(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !wr.WorkerID.Valid || wr.WorkerID.Int64 != workerID {
+		return fmt.Errorf("work request %d is not this worker's: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// TimeOut ends running requests whose deadline has passed: completed with
+// result error and reason "timeout", with a pending kill until killDeadline.
+// It returns them as they were before, for the caller to tell their workers.
+func (s *Store) TimeOut(ctx context.Context, at, killDeadline time.Time) ([]WorkRequest, error) {
+	var due []WorkRequest
+	err := s.r.SelectContext(ctx, &due, s.rebind(`SELECT `+wrColumns+wrFrom+`
+		WHERE work_requests.status = 'running' AND work_requests.deadline_at < ? ORDER BY work_requests.id LIMIT 500`), at.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("due work requests: %w", err)
+	}
+	var out []WorkRequest
+	for _, wr := range due {
+		res, err := s.w.ExecContext(ctx, s.rebind(`UPDATE work_requests SET status = 'completed', result = 'error', reason = 'timeout',
+			completed_at = ?, kill_pending = ?, kill_deadline_at = ? WHERE id = ? AND status = 'running' AND attempt = ?`),
+			now(), true, killDeadline.UTC(), wr.ID, wr.Attempt)
+		if err != nil {
+			return out, fmt.Errorf("time out work request %d: %w", wr.ID, err)
+		}
+		if n, _ := res.RowsAffected(); n == 1 {
+			out = append(out, wr)
+		}
+	}
+	return out, nil
+}
+
+// ExpireKills gives up waiting for kill confirmations whose deadline has
+// passed: the slot is freed and the request is flagged kill_overdue, which
+// shows on its worker. It returns the requests concerned.
+func (s *Store) ExpireKills(ctx context.Context, at time.Time) ([]WorkRequest, error) {
+	var due []WorkRequest
+	err := s.r.SelectContext(ctx, &due, s.rebind(`SELECT `+wrColumns+wrFrom+`
+		WHERE work_requests.kill_pending AND work_requests.kill_deadline_at < ? ORDER BY work_requests.id`), at.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("overdue kills: %w", err)
+	}
+	var out []WorkRequest
+	for _, wr := range due {
+		res, err := s.w.ExecContext(ctx, s.rebind(`UPDATE work_requests SET kill_pending = ?, kill_overdue = ?
+			WHERE id = ? AND kill_pending`), false, true, wr.ID)
+		if err != nil {
+			return out, fmt.Errorf("expire kill of work request %d: %w", wr.ID, err)
+		}
+		if n, _ := res.RowsAffected(); n == 1 {
+			out = append(out, wr)
+		}
+	}
+	return out, nil
+}
+
+// OverdueKills maps worker ids to the requests whose kill they never
+// confirmed.
+func (s *Store) OverdueKills(ctx context.Context) (map[int64][]int64, error) {
+	var rows []struct {
+		ID       int64 `db:"id"`
+		WorkerID int64 `db:"worker_id"`
+	}
+	if err := s.r.SelectContext(ctx, &rows, `SELECT id, worker_id FROM work_requests WHERE kill_overdue AND worker_id IS NOT NULL ORDER BY id`); err != nil {
+		return nil, fmt.Errorf("overdue kills: %w", err)
+	}
+	out := map[int64][]int64{}
+	for _, r := range rows {
+		out[r.WorkerID] = append(out[r.WorkerID], r.ID)
 	}
 	return out, nil
 }

@@ -89,12 +89,12 @@ func inState(t *testing.T, st *Store, state string) (WorkRequest, Worker) {
 		start(t, st, wr, w)
 		complete(state[len("completed/"):])
 	case stateAborted:
-		_, err := st.Abort(ctx, wr.ID, 0)
+		_, err := st.Abort(ctx, wr.ID, 0, time.Now().Add(time.Minute))
 		require.NoError(t, err)
 	case stateAbortedRn:
 		assign(t, st, wr, w)
 		start(t, st, wr, w)
-		_, err := st.Abort(ctx, wr.ID, 0)
+		_, err := st.Abort(ctx, wr.ID, 0, time.Now().Add(time.Minute))
 		require.NoError(t, err)
 	default:
 		t.Fatalf("unknown state %q", state)
@@ -176,7 +176,7 @@ func TestListWorkRequests(t *testing.T) {
 		assign(t, st, all[1], w)
 		assign(t, st, all[2], w)
 		start(t, st, all[2], w)
-		_, err := st.Abort(ctx, all[3].ID, 0)
+		_, err := st.Abort(ctx, all[3].ID, 0, time.Now().Add(time.Minute))
 		require.NoError(t, err)
 
 		rev := func(is ...int) []int64 {
@@ -266,7 +266,7 @@ func TestAbort(t *testing.T) {
 		for _, tc := range cases {
 			t.Run(tc.state, func(t *testing.T) {
 				wr, w := inState(t, st, tc.state)
-				before, err := st.Abort(ctx, wr.ID, admin.ID)
+				before, err := st.Abort(ctx, wr.ID, admin.ID, time.Now().Add(time.Minute))
 				if !tc.ok {
 					require.ErrorIs(t, err, ErrConflict)
 					after, err := st.WorkRequest(ctx, wr.ID)
@@ -294,14 +294,14 @@ func TestAbort(t *testing.T) {
 		}
 		t.Run("by nobody", func(t *testing.T) {
 			wr := newWR(t, st, wrOpts{})
-			_, err := st.Abort(ctx, wr.ID, 0)
+			_, err := st.Abort(ctx, wr.ID, 0, time.Now().Add(time.Minute))
 			require.NoError(t, err)
 			after, err := st.WorkRequest(ctx, wr.ID)
 			require.NoError(t, err)
 			require.False(t, after.AbortedBy.Valid)
 		})
 		t.Run("unknown", func(t *testing.T) {
-			_, err := st.Abort(ctx, 999999, 0)
+			_, err := st.Abort(ctx, 999999, 0, time.Now().Add(time.Minute))
 			require.ErrorIs(t, err, ErrNotFound)
 		})
 	})
@@ -361,7 +361,7 @@ func TestRetry(t *testing.T) {
 			require.NoError(t, err)
 			wr := newWR(t, st, wrOpts{priority: 3, createdBy: alice.ID, shape: "noop|x"})
 			require.NoError(t, st.SetPriorityAdjustment(ctx, wr.ID, 4))
-			_, err = st.Abort(ctx, wr.ID, 0)
+			_, err = st.Abort(ctx, wr.ID, 0, time.Now().Add(time.Minute))
 			require.NoError(t, err)
 			r1, err := st.Retry(ctx, wr.ID, 0)
 			require.NoError(t, err)
@@ -372,7 +372,7 @@ func TestRetry(t *testing.T) {
 			require.Equal(t, "noop|x", r1.Shape)
 
 			// The retry can itself be retried, by someone else.
-			_, err = st.Abort(ctx, r1.ID, 0)
+			_, err = st.Abort(ctx, r1.ID, 0, time.Now().Add(time.Minute))
 			require.NoError(t, err)
 			r2, err := st.Retry(ctx, r1.ID, bob.ID)
 			require.NoError(t, err)
