@@ -106,7 +106,9 @@ func externalNATS(t *testing.T) (string, string) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = js.DeleteStream(ctx, strings.ToUpper(prefix)+"_WORKERS")
+		for _, suffix := range []string{"_WORKERS", "_LOGS"} {
+			_ = js.DeleteStream(ctx, strings.ToUpper(prefix)+suffix)
+		}
 		nc.Close()
 	})
 	return u, prefix
@@ -153,6 +155,9 @@ func setupWith(t *testing.T, be backend, change func(*server.Config)) *bundle {
 	cfg := server.Config{
 		Listen: "127.0.0.1:0", DataDir: dir, DatabaseURL: dbURL, NATSURL: natsURL, NATSListen: "127.0.0.1:0",
 		NATSPrefix: prefix, HeartbeatInterval: 200 * time.Millisecond, SchedulerSweep: time.Second,
+		// JetStream reserves a stream's MaxBytes up front: keep the test
+		// servers' reservations small.
+		LogMaxBytes: 8 << 20,
 		Logger: testLogger(t).With().Str("component", "server").Logger(),
 	}
 	if change != nil {

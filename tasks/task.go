@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -65,9 +66,36 @@ type Requirements struct {
 type Env struct {
 	WorkRequestID int64
 	Attempt       int
-	// Output receives the task's log output.
+	// Output receives the task's log output (the live log).
 	Output io.Writer
 	Logger zerolog.Logger
+	// WorkDir is an empty directory of this run's own, removed after it.
+	WorkDir string
+	// Grace is how long a killed command gets between SIGTERM and SIGKILL.
+	Grace time.Duration
+	// Artifacts downloads inputs and uploads outputs; nil when the worker
+	// has no artifact access (then tasks that need it fail).
+	Artifacts Artifacts
+}
+
+// Artifacts is what tasks need of the artifact store.
+type Artifacts interface {
+	// Download fetches every file of artifact id into dir.
+	Download(ctx context.Context, id int64, dir string) error
+	// Upload creates an artifact of this run from local files (artifact
+	// path -> local path), related to the given artifacts, and returns its id.
+	Upload(ctx context.Context, a NewArtifact) (int64, error)
+}
+
+// NewArtifact describes an artifact a task uploads.
+type NewArtifact struct {
+	Category string
+	Data     map[string]any
+	// Files maps a path inside the artifact to a local file.
+	Files map[string]string
+	// RelatesTo lists artifacts the new one relates to (debusine's
+	// "relates-to").
+	RelatesTo []int64
 }
 
 // Task is the contract every registered task fulfils.

@@ -53,6 +53,12 @@ type Config struct {
 	// LiveLogMax caps the live log of one run (default 64 MiB); the rest is
 	// only in the run's debug logs.
 	LiveLogMax int64
+	// WorkDir holds a directory per run, removed when the run ends (default
+	// "work" next to the token file).
+	WorkDir string
+	// Grace is the time a killed command gets between SIGTERM and SIGKILL
+	// (default 10s).
+	Grace time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -83,6 +89,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LiveLogMax <= 0 {
 		c.LiveLogMax = 64 << 20
+	}
+	if c.WorkDir == "" {
+		c.WorkDir = filepath.Join(filepath.Dir(c.TokenFile), "work")
+	}
+	if c.Grace <= 0 {
+		c.Grace = 10 * time.Second
 	}
 	return nil
 }
@@ -433,11 +445,25 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, lo
 	if err == nil {
 		err = w.cfg.Registry.Validate(wr.TaskName, wr.TaskData)
 	}
+	var workDir string
+	if err == nil {
+		workDir, err = w.makeWorkDir(wr)
+		if workDir != "" {
+			defer func() {
+				if err := os.RemoveAll(workDir); err != nil {
+					log.Warn().Err(err).Msg("remove work directory")
+				}
+			}()
+		}
+	}
 	if err != nil {
 		fmt.Fprintf(out, "cannot run: %v\n", err)
 	} else {
 		log.Info().Msg("running")
-		result, err = task.Execute(runCtx, wr.TaskData, tasks.Env{WorkRequestID: wr.ID, Attempt: wr.Attempt, Output: out, Logger: log})
+		result, err = task.Execute(runCtx, wr.TaskData, tasks.Env{
+			WorkRequestID: wr.ID, Attempt: wr.Attempt, Output: out, Logger: log,
+			WorkDir: workDir, Grace: w.cfg.Grace, Artifacts: w.artifacts(wr),
+		})
 		if err != nil {
 			fmt.Fprintf(out, "error: %v\n", err)
 			if result == schemas.ResultNone || result == schemas.ResultSuccess {
@@ -482,6 +508,19 @@ func (w *Worker) confirmKill(ctx context.Context, id int64, attempt int, log zer
 		return
 	}
 	log.Info().Msg("kill confirmed")
+}
+
+// makeWorkDir creates the empty directory of one run.
+func (w *Worker) makeWorkDir(wr schemas.WorkRequest) (string, error) {
+	dir := filepath.Join(w.cfg.WorkDir, fmt.Sprintf("%d-%d", wr.ID, wr.Attempt))
+	// A directory left by an earlier life of this worker is stale.
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("clean work directory: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("work directory: %w", err)
+	}
+	return dir, nil
 }
 
 // control handles aborts and requests for metadata.

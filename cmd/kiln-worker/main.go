@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -56,6 +57,8 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.Name, "name", "", "worker name (default: the host name)")
 	f.IntVar(&cfg.Concurrency, "concurrency", 1, "work requests run at once")
 	f.StringVar(&cfg.WorkerType, "worker-type", "external", "external, celery or signing")
+	f.StringVar(&cfg.WorkDir, "work-dir", "", "directory for the runs' working directories (default: work/ next to the token file)")
+	f.DurationVar(&cfg.Grace, "grace-period", 10*time.Second, "time a killed command gets between SIGTERM and SIGKILL")
 	f.Int64Var(&cfg.LiveLogMax, "live-log-max", 64<<20, "bytes of a run's output streamed as its live log; the rest is only in its debug logs")
 	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
