@@ -22,6 +22,8 @@ import (
 	"github.com/kiln-ci/kiln/schemas"
 	"github.com/kiln-ci/kiln/server"
 	"github.com/kiln-ci/kiln/server/store"
+	"github.com/kiln-ci/kiln/tasks"
+	"github.com/kiln-ci/kiln/tasks/runner"
 	"github.com/kiln-ci/kiln/worker"
 )
 
@@ -131,6 +133,8 @@ type bundle struct {
 	dir   string
 	dbURL string
 	cfg   server.Config
+	// registry, when set, holds the tasks of the server and the workers.
+	registry *tasks.Registry
 }
 
 func testLogger(t *testing.T) zerolog.Logger {
@@ -158,14 +162,14 @@ func setupWith(t *testing.T, be backend, change func(*server.Config)) *bundle {
 		// JetStream reserves a stream's MaxBytes up front: keep the test
 		// servers' reservations small.
 		LogMaxBytes: 8 << 20,
-		Logger: testLogger(t).With().Str("component", "server").Logger(),
+		Logger:      testLogger(t).With().Str("component", "server").Logger(),
 	}
 	if change != nil {
 		change(&cfg)
 	}
 	srv, err := server.New(ctx, cfg)
 	require.NoError(t, err)
-	b := &bundle{t: t, ctx: ctx, srv: srv, st: srv.Store(), dir: dir, dbURL: dbURL, cfg: cfg}
+	b := &bundle{t: t, ctx: ctx, srv: srv, st: srv.Store(), dir: dir, dbURL: dbURL, cfg: cfg, registry: cfg.Registry}
 	t.Cleanup(func() { b.srv.Close() })
 	b.admin = b.newUser("admin", true)
 	b.user = b.newUser("alice", false)
@@ -235,7 +239,9 @@ func (b *bundle) startWorker(name string, concurrency int, md schemas.Metadata) 
 func (w *testWorker) cfgFor(name string, concurrency int, md schemas.Metadata) worker.Config {
 	return worker.Config{
 		APIURL: w.b.srv.APIURL(), TokenFile: w.tokenFile, Name: name, Concurrency: concurrency, Metadata: md,
+		WorkDir:  filepath.Join(filepath.Dir(w.tokenFile), "work-"+name),
 		RetryMax: 200 * time.Millisecond, Logger: testLogger(w.b.t).With().Str("component", "worker").Logger(),
+		Registry: w.b.registry, Grace: 500 * time.Millisecond, CgroupParent: e2eCgroupParent(w.b.t),
 	}
 }
 
@@ -311,4 +317,16 @@ func forEachBackend(t *testing.T, f func(t *testing.T, b *bundle)) {
 			f(t, setup(t, be))
 		})
 	}
+}
+
+// e2eCgroupParent gives the test workers' runs a cgroup parent of their
+// own, away from the runner's default that the runner's tests inspect.
+func e2eCgroupParent(t *testing.T) string {
+	def, err := runner.DefaultCgroupParent()
+	if err != nil {
+		return ""
+	}
+	dir := filepath.Join(filepath.Dir(def), fmt.Sprintf("kiln-test-e2e-%d", os.Getpid()))
+	t.Cleanup(func() { _ = os.Remove(dir) })
+	return dir
 }

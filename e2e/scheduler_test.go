@@ -40,7 +40,9 @@ func TestSchedulerGroupsByShape(t *testing.T) {
 			// measured below runs (nearly always) alone.
 			b := setupWith(t, be, func(c *server.Config) { c.Registry = reg; c.SchedulerSweep = time.Hour })
 
-			// Three workers that cannot run "counted" (they do not report it).
+			// Three workers that cannot run "counted": they have the default
+			// registry, so they do not report it.
+			b.registry = nil
 			for _, name := range []string{"w1", "w2", "w3"} {
 				b.startWorker(name, 1, nil)
 			}

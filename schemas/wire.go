@@ -277,9 +277,44 @@ type ArtifactCreate struct {
 	// WorkRequest links the artifact to the work request that made it; only
 	// the worker running that work request may set it.
 	WorkRequest *int64 `json:"work_request,omitempty"`
-	// ExpireAt is when the artifact may be deleted; nil keeps it until an
-	// admin deletes it.
+	// ExpireAt is when the artifact may be deleted; nil keeps it.
 	ExpireAt *time.Time `json:"expire_at,omitempty"`
+}
+
+// UnmarshalJSON decodes an ArtifactCreate. expire_at may also be a time
+// without a zone (UTC), which the debusine client sends for a naive
+// datetime.
+func (a *ArtifactCreate) UnmarshalJSON(b []byte) error {
+	type plain ArtifactCreate
+	aux := struct {
+		*plain
+		ExpireAt json.RawMessage `json:"expire_at,omitempty"`
+	}{plain: (*plain)(a)}
+	if err := json.Unmarshal(b, &aux); err != nil {
+		return err
+	}
+	a.ExpireAt = nil
+	if len(aux.ExpireAt) == 0 || string(aux.ExpireAt) == "null" {
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(aux.ExpireAt, &s); err != nil {
+		return errors.New("expire_at: want a date and time such as 2026-12-31T23:59:59Z")
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999", "2006-01-02 15:04:05.999999999Z07:00",
+		"2006-01-02 15:04:05.999999999"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			t = t.UTC()
+			a.ExpireAt = &t
+			return nil
+		}
+	}
+	return errors.New("expire_at: " + strconvQuote(s) + " is not a date and time such as 2026-12-31T23:59:59Z")
+}
+
+func strconvQuote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
 }
 
 // FileTypeFile is the only ArtifactFile type.

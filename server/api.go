@@ -66,6 +66,7 @@ func (s *Server) Handler() http.Handler {
 			r.Put("/work-request/{id}/completed/", s.completeWorkRequest)
 			r.Post("/work-request/{id}/killed/", s.killedWorkRequest)
 		})
+		s.artifactRoutes(r)
 	})
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		problem(w, http.StatusNotFound, "Error", "no such endpoint")

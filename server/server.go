@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/kiln-ci/kiln/bus"
+	"github.com/kiln-ci/kiln/server/artifacts"
 	"github.com/kiln-ci/kiln/server/scheduler"
 	"github.com/kiln-ci/kiln/server/store"
 	"github.com/kiln-ci/kiln/tasks"
@@ -87,6 +88,16 @@ type Config struct {
 	// writes DataDir/client.ini.
 	Dev bool
 
+	// Artifacts.
+
+	// ArtifactMaxFileBytes caps the size of one artifact file (default
+	// 4 GiB); an artifact that declares a larger file gets 413.
+	ArtifactMaxFileBytes int64
+	// ArtifactGCInterval is the period of the artifact garbage collector,
+	// which deletes expired artifacts and the file contents no artifact
+	// lists any more (default 10m).
+	ArtifactGCInterval time.Duration
+
 	// Logger receives all logs (default: a disabled logger).
 	Logger zerolog.Logger
 	// Registry holds the tasks (default tasks.Default()).
@@ -101,6 +112,12 @@ const (
 	DefaultSchedulerSweep     = 10 * time.Second
 	DefaultTaskTimeout        = 24 * time.Hour
 	DefaultKillConfirmTimeout = 2 * time.Minute
+)
+
+// Defaults of the artifact settings in Config.
+const (
+	DefaultArtifactMaxFileBytes = 4 << 30
+	DefaultArtifactGCInterval   = 10 * time.Minute
 )
 
 func (c *Config) setDefaults() {
@@ -152,6 +169,12 @@ func (c *Config) setDefaults() {
 	if c.Registry == nil {
 		c.Registry = tasks.Default()
 	}
+	if c.ArtifactMaxFileBytes <= 0 {
+		c.ArtifactMaxFileBytes = DefaultArtifactMaxFileBytes
+	}
+	if c.ArtifactGCInterval <= 0 {
+		c.ArtifactGCInterval = DefaultArtifactGCInterval
+	}
 }
 
 // Server is a running kiln-server.
@@ -169,6 +192,8 @@ type Server struct {
 	reg      *prometheus.Registry
 	listener net.Listener
 	http     *http.Server
+	// artifacts holds artifact file contents (artifacts_api.go).
+	artifacts *artifacts.Manager
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -233,6 +258,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.goRun(func() { s.sched.Run(runCtx) })
 	s.goRun(func() { s.relay(runCtx) })
+	if err := s.startArtifacts(runCtx); err != nil {
+		return nil, err
+	}
 	s.goRun(func() { s.enforceDeadlines(runCtx) })
 
 	if s.listener, err = net.Listen("tcp", cfg.Listen); err != nil {

@@ -120,7 +120,7 @@ func (s *Server) getNextForWorker(w http.ResponseWriter, r *http.Request) {
 			s.internal(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, s.toWire(wr))
+		s.writeWorkRequest(w, r, wr)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -152,7 +152,7 @@ func (s *Server) startWorkRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info().Int64("work_request", id).Str("worker", wk.Name).Int("attempt", wr.Attempt).Msg("work request started")
-	writeJSON(w, http.StatusOK, s.toWire(wr))
+	s.writeWorkRequest(w, r, wr)
 }
 
 func (s *Server) completeWorkRequest(w http.ResponseWriter, r *http.Request) {

@@ -27,6 +27,20 @@ const (
 	maxOutputBytes  = 64 << 10
 )
 
+// writeWorkRequest answers 200 with the work request, its artifacts listed.
+func (s *Server) writeWorkRequest(w http.ResponseWriter, r *http.Request, wr store.WorkRequest) {
+	out := s.toWire(wr)
+	ids, err := s.store.ArtifactIDsForWorkRequest(r.Context(), wr.ID)
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
+	out.Artifacts = ids
+	writeJSON(w, http.StatusOK, out)
+}
+
+// toWire is the JSON form of wr, without its artifacts (see
+// writeWorkRequest).
 func (s *Server) toWire(wr store.WorkRequest) schemas.WorkRequest {
 	out := schemas.WorkRequest{
 		ID:                 wr.ID,
@@ -171,7 +185,7 @@ func (s *Server) createWorkRequest(w http.ResponseWriter, r *http.Request) {
 	s.metrics.created.WithLabelValues(wr.TaskName).Inc()
 	s.log.Info().Int64("work_request", wr.ID).Str("task", wr.TaskName).Str("user", u.Username).Msg("work request created")
 	s.kickScheduler()
-	writeJSON(w, http.StatusOK, s.toWire(wr))
+	s.writeWorkRequest(w, r, wr)
 }
 
 // timeoutFor is the run-time limit of a new request in whole seconds: the
@@ -216,7 +230,7 @@ func (s *Server) getWorkRequest(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.toWire(wr))
+	s.writeWorkRequest(w, r, wr)
 }
 
 // listWorkRequests pages newest first with an opaque cursor; next and
@@ -281,7 +295,12 @@ func (s *Server) listWorkRequests(w http.ResponseWriter, r *http.Request) {
 	}
 	page := schemas.Page[schemas.WorkRequest]{Results: make([]schemas.WorkRequest, 0, len(rows))}
 	for _, wr := range rows {
-		page.Results = append(page.Results, s.toWire(wr))
+		out := s.toWire(wr)
+		if out.Artifacts, err = s.store.ArtifactIDsForWorkRequest(r.Context(), wr.ID); err != nil {
+			s.internal(w, err)
+			return
+		}
+		page.Results = append(page.Results, out)
 	}
 	if len(rows) > 0 {
 		hasNext := more || back
@@ -364,7 +383,7 @@ func (s *Server) patchWorkRequest(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, s.toWire(wr))
+	s.writeWorkRequest(w, r, wr)
 }
 
 // managed reads an action's empty body and the request it acts on, and
@@ -432,7 +451,7 @@ func (s *Server) retryWorkRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info().Int64("work_request", nwr.ID).Int64("supersedes", id).Msg("work request retried")
 	s.kickScheduler()
-	writeJSON(w, http.StatusOK, s.toWire(nwr))
+	s.writeWorkRequest(w, r, nwr)
 }
 
 func (s *Server) storeError(w http.ResponseWriter, err error) {

@@ -172,7 +172,7 @@ func runCommand(ctx context.Context, env Env, argv []string, execDir, debugDir s
 		Args:   argv[1:],
 		Dir:    execDir,
 		Output: io.MultiWriter(cmdLog, env.Output),
-	}, runner.Options{Grace: env.Grace, Logger: env.Logger})
+	}, runner.Options{Grace: env.Grace, CgroupParent: env.CgroupParent, Logger: env.Logger})
 	returncode := "None"
 	if err == nil && !res.Killed {
 		returncode = fmt.Sprint(res.ExitCode)

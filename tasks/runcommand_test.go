@@ -37,7 +37,8 @@ func (p *shProgram) Succeeded(code int, _ string) bool { return code == 0 }
 
 func runEnv(t *testing.T) (Env, *strings.Builder) {
 	var out strings.Builder
-	return Env{WorkRequestID: 1, Attempt: 1, WorkDir: t.TempDir(), Output: &out, Logger: zerolog.Nop(), Grace: time.Second}, &out
+	return Env{WorkRequestID: 1, Attempt: 1, WorkDir: t.TempDir(), Output: &out, Logger: zerolog.Nop(), Grace: time.Second,
+		CgroupParent: testCgroupParent(t)}, &out
 }
 
 func readDebug(t *testing.T, env Env, name string) string {

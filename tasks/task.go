@@ -73,6 +73,9 @@ type Env struct {
 	WorkDir string
 	// Grace is how long a killed command gets between SIGTERM and SIGKILL.
 	Grace time.Duration
+	// CgroupParent is the cgroup v2 directory under which commands get
+	// their own cgroups (empty: the runner's default).
+	CgroupParent string
 	// Artifacts downloads inputs and uploads outputs; nil when the worker
 	// has no artifact access (then tasks that need it fail).
 	Artifacts Artifacts

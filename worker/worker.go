@@ -59,6 +59,9 @@ type Config struct {
 	// Grace is the time a killed command gets between SIGTERM and SIGKILL
 	// (default 10s).
 	Grace time.Duration
+	// CgroupParent is the cgroup v2 directory under which each run gets its
+	// own cgroup (default: "kiln" below the worker's own cgroup).
+	CgroupParent string
 }
 
 func (c *Config) setDefaults() error {
@@ -462,7 +465,7 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, lo
 		log.Info().Msg("running")
 		result, err = task.Execute(runCtx, wr.TaskData, tasks.Env{
 			WorkRequestID: wr.ID, Attempt: wr.Attempt, Output: out, Logger: log,
-			WorkDir: workDir, Grace: w.cfg.Grace, Artifacts: w.artifacts(wr),
+			WorkDir: workDir, Grace: w.cfg.Grace, CgroupParent: w.cfg.CgroupParent, Artifacts: w.artifacts(wr),
 		})
 		if err != nil {
 			fmt.Fprintf(out, "error: %v\n", err)

@@ -173,6 +173,10 @@ usage, 3 any other error.`,
 		a.whoamiCommand(),
 		a.listWorkersCommand(),
 		a.logsCommand(),
+		a.createArtifactCommand(),
+		a.showArtifactCommand(),
+		a.downloadArtifactCommand(),
+		a.showArtifactRelationsCommand(),
 	)
 	return root
 }

@@ -78,6 +78,8 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&cfg.KillConfirmTimeout, "kill-confirm-timeout", server.DefaultKillConfirmTimeout, "how long a worker has to confirm that an aborted run is gone before it is flagged")
 	f.Int64Var(&cfg.LogMaxBytes, "log-max-bytes", 1<<30, "size cap of the live-log stream (oldest chunks go first)")
 	f.DurationVar(&cfg.LogMaxAge, "log-max-age", 7*24*time.Hour, "how long live logs are kept")
+	f.Int64Var(&cfg.ArtifactMaxFileBytes, "artifact-max-file-bytes", server.DefaultArtifactMaxFileBytes, "largest artifact file accepted; an artifact declaring a larger one gets 413")
+	f.DurationVar(&cfg.ArtifactGCInterval, "artifact-gc-interval", server.DefaultArtifactGCInterval, "period of the artifact garbage collector (expired artifacts, unused files)")
 	f.StringVar(&cfg.Scope, "scope", "debusine", "the scope this server serves (X-Debusine-Scope)")
 	f.StringVar(&cfg.Workspace, "workspace", "System", "default workspace of new work requests")
 	f.BoolVar(&cfg.Dev, "dev", false, "single-node development mode: local worker, a 'dev' admin user, DATA_DIR/client.ini")

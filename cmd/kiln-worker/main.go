@@ -59,6 +59,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.WorkerType, "worker-type", "external", "external, celery or signing")
 	f.StringVar(&cfg.WorkDir, "work-dir", "", "directory for the runs' working directories (default: work/ next to the token file)")
 	f.DurationVar(&cfg.Grace, "grace-period", 10*time.Second, "time a killed command gets between SIGTERM and SIGKILL")
+	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup v2 directory for the runs' cgroups (default: kiln/ below the worker's own cgroup)")
 	f.Int64Var(&cfg.LiveLogMax, "live-log-max", 64<<20, "bytes of a run's output streamed as its live log; the rest is only in its debug logs")
 	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")

@@ -255,6 +255,11 @@ func writeCgroupFile(dir, name, value string) error {
 // defaultCgroupParent is "kiln" under this process's own cgroup v2
 // directory. Below its own cgroup is where a worker is allowed to create
 // cgroups: under systemd that needs Delegate=yes on the unit.
+// DefaultCgroupParent is the cgroup v2 directory under which runs get their
+// cgroups when Options.CgroupParent is empty: "kiln" below this process's
+// own cgroup.
+func DefaultCgroupParent() (string, error) { return defaultCgroupParent() }
+
 func defaultCgroupParent() (string, error) {
 	own, err := readFileWith("/proc/self/cgroup", parseOwnCgroup)
 	if err != nil {
