@@ -21,6 +21,7 @@ import (
 	"github.com/kiln-ci/kiln/client"
 	"github.com/kiln-ci/kiln/schemas"
 	"github.com/kiln-ci/kiln/tasks"
+	"github.com/kiln-ci/kiln/tasks/runner"
 )
 
 // Config is kiln-worker's configuration; each field is also a flag, a KILN_*
@@ -246,6 +247,11 @@ func (w *Worker) connect(ctx context.Context) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	w.log.Info().Str("nats", url).Int("concurrency", w.cfg.Concurrency).Msg("worker connected")
+	if ok, reason := runner.CgroupSupport(w.cfg.CgroupParent); ok {
+		w.log.Info().Msg("each run gets its own cgroup v2; aborts kill everything a run started")
+	} else {
+		w.log.Warn().Str("reason", reason).Msg("runs get no cgroup of their own: processes that leave a run's process group (setsid, su, daemons) survive its abort; see docs/processes.md")
+	}
 	return nil
 }
 
@@ -258,6 +264,10 @@ func (w *Worker) sendMetadata(ctx context.Context) error {
 		md[k] = v
 	}
 	md["kiln:concurrency"] = w.cfg.Concurrency
+	// Whether runs get a cgroup of their own (so that even processes that
+	// leave the process group die with the run): a lab can require it.
+	cg, _ := runner.CgroupSupport(w.cfg.CgroupParent)
+	md["kiln:cgroup"] = cg
 	err := w.api.PutDynamicMetadata(ctx, md)
 	if problemCode(err) == "unknown-token" {
 		// First start, or a server that lost its database: register the
