@@ -187,3 +187,22 @@ func (b *bundle) requireDebugLogs(wr schemas.WorkRequest, want string) {
 	require.NoError(b.t, err)
 	require.Contains(b.t, string(cmdLog), want)
 }
+
+func TestLiveLogCapSaysSoAndDebugLogsKeepAll(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			b := setupWith(t, be, withScript)
+			w := b.startWorker("chatty", 1, nil)
+			w.stop()
+			w.cfg.LiveLogMax = 1000
+			w.start()
+			wr := b.wait(b.create(b.user, "script", `{"script": "for i in $(seq 1 200); do echo line $i; done"}`).ID)
+			require.Equal(t, schemas.ResultSuccess, wr.Result)
+			var live strings.Builder
+			require.NoError(t, b.user.Log(b.ctx, wr.ID, &live))
+			require.Contains(t, live.String(), "[kiln: the live log stops here at 1000 bytes; the full output is in the debug-log artifact]")
+			require.NotContains(t, live.String(), "line 200\n")
+			b.requireDebugLogs(wr, "line 200\n")
+		})
+	}
+}

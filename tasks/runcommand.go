@@ -39,6 +39,14 @@ type Program interface {
 	Succeeded(exitCode int, execDir string) bool
 }
 
+// Finalizer is implemented by programs that must clean up after every run
+// of their command, killed or not (power off a device under test, say). It
+// runs after the command and everything it started are gone, bounded by the
+// runner's finalize timeout; its error is logged in stages.log.
+type Finalizer interface {
+	Finalize(ctx context.Context, env Env) error
+}
+
 // Debug log names, as debusine's.
 const (
 	StagesLog      = "stages.log"
@@ -122,7 +130,18 @@ func RunProgram(ctx context.Context, env Env, p Program) (result schemas.Result,
 		return fail("Building the command line", err)
 	}
 	stage("Running " + shellJoin(argv))
-	res, runErr := runCommand(ctx, env, argv, execDir, debugDir)
+	var finalize func(context.Context) error
+	if f, ok := p.(Finalizer); ok {
+		finalize = func(ctx context.Context) error { return f.Finalize(ctx, env) }
+	}
+	res, runErr := runCommand(ctx, env, argv, execDir, debugDir, finalize)
+	if runErr == nil && finalize != nil {
+		if res.FinalizeErr != nil {
+			stage(fmt.Sprintf("Finalizing failed: %v", res.FinalizeErr))
+		} else {
+			stage("Finalized")
+		}
+	}
 	if runErr != nil {
 		return fail("Running", runErr)
 	}
@@ -159,7 +178,7 @@ func RunProgram(ctx context.Context, env Env, p Program) (result schemas.Result,
 
 // runCommand runs argv in execDir, writing cmd-output.log in debusine's
 // layout.
-func runCommand(ctx context.Context, env Env, argv []string, execDir, debugDir string) (runner.Result, error) {
+func runCommand(ctx context.Context, env Env, argv []string, execDir, debugDir string, finalize func(context.Context) error) (runner.Result, error) {
 	cmdLog, err := os.OpenFile(filepath.Join(debugDir, CmdOutputLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return runner.Result{}, fmt.Errorf("command log: %w", err)
@@ -172,7 +191,7 @@ func runCommand(ctx context.Context, env Env, argv []string, execDir, debugDir s
 		Args:   argv[1:],
 		Dir:    execDir,
 		Output: io.MultiWriter(cmdLog, env.Output),
-	}, runner.Options{Grace: env.Grace, CgroupParent: env.CgroupParent, Logger: env.Logger})
+	}, runner.Options{Grace: env.Grace, CgroupParent: env.CgroupParent, Finalize: finalize, Logger: env.Logger})
 	returncode := "None"
 	if err == nil && !res.Killed {
 		returncode = fmt.Sprint(res.ExitCode)

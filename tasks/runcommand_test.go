@@ -121,3 +121,23 @@ func TestRunProgramAbort(t *testing.T) {
 func TestShellJoin(t *testing.T) {
 	require.Equal(t, `sh -c 'echo a; exit 3' '' 'it'"'"'s' a/b.txt`, shellJoin([]string{"sh", "-c", "echo a; exit 3", "", "it's", "a/b.txt"}))
 }
+
+type finalizingProgram struct {
+	shProgram
+	finalized int
+}
+
+func (p *finalizingProgram) Finalize(context.Context, Env) error {
+	p.finalized++
+	return errors.New("device did not power off")
+}
+
+func TestRunProgramFinalizes(t *testing.T) {
+	env, _ := runEnv(t)
+	p := &finalizingProgram{shProgram: shProgram{script: "exit 0"}}
+	res, err := RunProgram(t.Context(), env, p)
+	require.NoError(t, err)
+	require.Equal(t, schemas.ResultSuccess, res)
+	require.Equal(t, 1, p.finalized)
+	require.Contains(t, readDebug(t, env, StagesLog), "device did not power off")
+}
