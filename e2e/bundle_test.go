@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +20,7 @@ import (
 	"github.com/kiln-ci/kiln/schemas"
 	"github.com/kiln-ci/kiln/server"
 	"github.com/kiln-ci/kiln/server/store"
+	"github.com/kiln-ci/kiln/server/store/storetest"
 	"github.com/kiln-ci/kiln/tasks"
 	"github.com/kiln-ci/kiln/tasks/runner"
 	"github.com/kiln-ci/kiln/worker"
@@ -40,48 +39,10 @@ var backends = []backend{
 	{name: "postgres+external", setup: externalServices},
 }
 
-func requireAll() bool { return os.Getenv("KILN_REQUIRE_ALL") == "1" }
+func unavailable(t *testing.T, what string, err error) { storetest.Unavailable(t, what, err) }
 
-func unavailable(t *testing.T, what string, err error) {
-	t.Helper()
-	if requireAll() {
-		t.Fatalf("%s unavailable and KILN_REQUIRE_ALL=1: %v", what, err)
-	}
-	t.Skipf("%s unavailable (set KILN_REQUIRE_ALL=1 to fail instead): %v", what, err)
-}
-
-// PostgresURL returns a URL for a fresh schema on the test PostgreSQL server
-// (KILN_TEST_DATABASE_URL, default the local one), dropped at cleanup.
-func PostgresURL(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("KILN_TEST_DATABASE_URL")
-	if base == "" {
-		base = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	}
-	db, err := sql.Open("postgres", base)
-	if err != nil {
-		unavailable(t, "PostgreSQL", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		unavailable(t, "PostgreSQL", err)
-	}
-	schema := fmt.Sprintf("kiln_test_%d", time.Now().UnixNano())
-	_, err = db.ExecContext(ctx, "CREATE SCHEMA "+schema)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		_, _ = db.Exec("DROP SCHEMA " + schema + " CASCADE")
-		db.Close()
-	})
-	u, err := url.Parse(base)
-	require.NoError(t, err)
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
+// PostgresURL is a fresh schema on the test PostgreSQL server.
+func PostgresURL(t *testing.T) string { return storetest.PostgresURL(t) }
 
 // externalNATS returns the URL of the external nats-server (KILN_TEST_NATS_URL,
 // default 127.0.0.1:4222) and a unique prefix whose stream is deleted at

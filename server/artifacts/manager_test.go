@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,47 +15,11 @@ import (
 	"testing"
 	"time"
 
-	_ "github.com/lib/pq"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kiln-ci/kiln/server/store"
+	"github.com/kiln-ci/kiln/server/store/storetest"
 )
-
-// postgresDSN returns the DSN of a fresh schema on the test PostgreSQL
-// server (KILN_TEST_DATABASE_URL, default the local one), dropped at
-// cleanup; it skips (or fails under KILN_REQUIRE_ALL=1) without one.
-func postgresDSN(t *testing.T) string {
-	t.Helper()
-	base := os.Getenv("KILN_TEST_DATABASE_URL")
-	if base == "" {
-		base = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	}
-	db, err := sql.Open("postgres", base)
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = db.PingContext(ctx)
-		cancel()
-	}
-	if err != nil {
-		if os.Getenv("KILN_REQUIRE_ALL") == "1" {
-			t.Fatalf("PostgreSQL unavailable and KILN_REQUIRE_ALL=1: %v", err)
-		}
-		t.Skipf("PostgreSQL unavailable (set KILN_REQUIRE_ALL=1 to fail instead): %v", err)
-	}
-	schema := fmt.Sprintf("kiln_artifacts_test_%d", time.Now().UnixNano())
-	_, err = db.Exec("CREATE SCHEMA " + schema)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		_, _ = db.Exec("DROP SCHEMA " + schema + " CASCADE")
-		db.Close()
-	})
-	u, err := url.Parse(base)
-	require.NoError(t, err)
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
 
 // bundle is a Manager on a fresh database and data directory.
 type bundle struct {
@@ -73,8 +34,8 @@ type bundle struct {
 func forEachStore(t *testing.T, fn func(t *testing.T, b *bundle)) {
 	for _, d := range []struct {
 		name string
-		dsn  func(t *testing.T) string
-	}{{"sqlite", func(*testing.T) string { return "" }}, {"postgres", postgresDSN}} {
+		dsn  func(t testing.TB) string
+	}{{"sqlite", func(testing.TB) string { return "" }}, {"postgres", storetest.PostgresURL}} {
 		t.Run(d.name, func(t *testing.T) {
 			dir := t.TempDir()
 			st, err := store.Open(t.Context(), d.dsn(t), dir)

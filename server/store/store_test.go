@@ -9,32 +9,21 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"io/fs"
-	"net/url"
-	"os"
 	"path/filepath"
 	"sort"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	_ "github.com/lib/pq"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kiln-ci/kiln/server/store/storetest"
 )
 
-func requireAll() bool { return os.Getenv("KILN_REQUIRE_ALL") == "1" }
+func requireAll() bool { return storetest.RequireAll() }
 
-// unavailable fails the test under KILN_REQUIRE_ALL=1 and skips it visibly
-// otherwise.
-func unavailable(t *testing.T, what string, err error) {
-	t.Helper()
-	if requireAll() {
-		t.Fatalf("%s unavailable and KILN_REQUIRE_ALL=1: %v", what, err)
-	}
-	t.Skipf("%s unavailable (set KILN_REQUIRE_ALL=1 to fail instead): %v", what, err)
-}
+func unavailable(t *testing.T, what string, err error) { storetest.Unavailable(t, what, err) }
 
 // testDB names one isolated database: a fresh SQLite directory or a fresh
 // PostgreSQL schema, dropped at cleanup.
@@ -65,42 +54,10 @@ func sqliteDB(t *testing.T) testDB {
 	return testDB{dialect: SQLite, dir: t.TempDir()}
 }
 
-var schemaSeq atomic.Int64
-
-// postgresDB creates a fresh schema on the test server
-// (KILN_TEST_DATABASE_URL, default the local one) and returns a DSN whose
-// search_path points at it.
+// postgresDB is a fresh schema on the test PostgreSQL server.
 func postgresDB(t *testing.T) testDB {
 	t.Helper()
-	base := os.Getenv("KILN_TEST_DATABASE_URL")
-	if base == "" {
-		base = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
-	}
-	db, err := sql.Open("postgres", base)
-	if err != nil {
-		unavailable(t, "PostgreSQL", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		unavailable(t, "PostgreSQL", err)
-	}
-	schema := fmt.Sprintf("kiln_test_%d_%d_%d", os.Getpid(), time.Now().UnixNano(), schemaSeq.Add(1))
-	if _, err := db.ExecContext(ctx, "CREATE SCHEMA "+schema); err != nil {
-		db.Close()
-		t.Fatalf("create schema %s: %v", schema, err)
-	}
-	t.Cleanup(func() {
-		_, _ = db.Exec("DROP SCHEMA " + schema + " CASCADE")
-		db.Close()
-	})
-	u, err := url.Parse(base)
-	require.NoError(t, err)
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return testDB{dialect: Postgres, dsn: u.String()}
+	return testDB{dialect: Postgres, dsn: storetest.PostgresURL(t)}
 }
 
 var dialects = []struct {
