@@ -21,10 +21,6 @@ import (
 	"github.com/kiln-ci/kiln/server/store/storetest"
 )
 
-func requireAll() bool { return storetest.RequireAll() }
-
-func unavailable(t *testing.T, what string, err error) { storetest.Unavailable(t, what, err) }
-
 // testDB names one isolated database: a fresh SQLite directory or a fresh
 // PostgreSQL schema, dropped at cleanup.
 type testDB struct {
