@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,6 +59,7 @@ type Scheduler struct {
 	reqs   map[string]shapeReq // requirements per shape, immutable per shape
 	leader bool
 
+	passCount   atomic.Int64
 	passes      prometheus.Histogram
 	assignments prometheus.Counter
 }
@@ -113,6 +115,9 @@ func (s *Scheduler) Leader() bool {
 	return s.leader
 }
 
+// Passes counts the passes started so far.
+func (s *Scheduler) Passes() int64 { return s.passCount.Load() }
+
 // Run schedules until ctx ends: a pass on every trigger and every sweep.
 func (s *Scheduler) Run(ctx context.Context) {
 	t := time.NewTicker(s.opt.Sweep)
@@ -159,6 +164,7 @@ type candidate struct {
 
 // Pass runs one scheduling pass and returns how many requests it assigned.
 func (s *Scheduler) Pass(ctx context.Context) (int, error) {
+	s.passCount.Add(1)
 	start := time.Now()
 	defer func() { s.passes.Observe(time.Since(start).Seconds()) }()
 
