@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,48 +14,6 @@ import (
 	"github.com/kiln-ci/kiln/schemas"
 	"github.com/kiln-ci/kiln/server/store"
 )
-
-// TestOpenAPIArtifactSchemasMatchWireTypes is TestOpenAPISchemasMatchWireTypes
-// for the artifact wire types.
-func TestOpenAPIArtifactSchemasMatchWireTypes(t *testing.T) {
-	doc := loadOpenAPI(t)
-	cases := []struct {
-		schema  string
-		wire    any
-		request bool
-	}{
-		{"Artifact", schemas.Artifact{}, false},
-		{"ArtifactFile", schemas.ArtifactFile{}, false},
-		{"ArtifactCreate", schemas.ArtifactCreate{}, true},
-		{"ArtifactFileCreate", schemas.ArtifactFileCreate{}, true},
-		{"ArtifactRelation", schemas.ArtifactRelation{}, false},
-		{"ArtifactRelationCreate", schemas.ArtifactRelationCreate{}, true},
-	}
-	for _, tc := range cases {
-		t.Run(tc.schema, func(t *testing.T) {
-			sch := obj(t, doc, "components", "schemas", tc.schema)
-			names, omitempty := jsonFields(tc.wire)
-			props := obj(t, sch, "properties")
-			documented := make([]string, 0, len(props))
-			for k := range props {
-				documented = append(documented, k)
-			}
-			sort.Strings(documented)
-			require.Equal(t, names, documented, "properties of %s must be the JSON fields of %T", tc.schema, tc.wire)
-			if tc.request {
-				require.Equal(t, false, sch["additionalProperties"], "%s: unknown fields are rejected", tc.schema)
-				return
-			}
-			var always []string
-			for _, n := range names {
-				if !omitempty[n] {
-					always = append(always, n)
-				}
-			}
-			require.Equal(t, always, stringList(t, sch["required"]), "%s: required must be the fields that are never omitted", tc.schema)
-		})
-	}
-}
 
 func hexSHA(s string) string {
 	sum := sha256.Sum256([]byte(s))

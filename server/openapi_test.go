@@ -250,6 +250,15 @@ func TestOpenAPISchemasMatchWireTypes(t *testing.T) {
 		{"Assignment", schemas.Assignment{}, false},
 		{"Heartbeat", schemas.Heartbeat{}, false},
 		{"Control", bus.Control{}, false},
+		{"WorkRequestKilled", schemas.WorkRequestKilled{}, true},
+		{"LogChunk", schemas.LogChunk{}, false},
+		{"LogEnd", schemas.LogEnd{}, false},
+		{"Artifact", schemas.Artifact{}, false},
+		{"ArtifactFile", schemas.ArtifactFile{}, false},
+		{"ArtifactCreate", schemas.ArtifactCreate{}, true},
+		{"ArtifactFileCreate", schemas.ArtifactFileCreate{}, true},
+		{"ArtifactRelation", schemas.ArtifactRelation{}, false},
+		{"ArtifactRelationCreate", schemas.ArtifactRelationCreate{}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.schema, func(t *testing.T) {
