@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,22 +35,10 @@ type artifactDownloaded struct {
 }
 
 // parseArtifactID parses an artifact id argument.
-func parseArtifactID(s string) (int64, error) {
-	id, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || id <= 0 {
-		return 0, fmt.Errorf("invalid artifact id %q: want a positive integer", s)
-	}
-	return id, nil
-}
+func parseArtifactID(s string) (int64, error) { return parseIDOf("artifact", s) }
 
 // artifactIDArg accepts exactly one argument, an artifact id.
-func artifactIDArg(_ *cobra.Command, args []string) error {
-	if len(args) != 1 {
-		return fmt.Errorf("want one argument, an artifact id; got %d", len(args))
-	}
-	_, err := parseArtifactID(args[0])
-	return err
-}
+var artifactIDArg = idArgOf("artifact")
 
 // expireAtLayouts are the forms --expire-at accepts; those without a zone
 // are UTC.

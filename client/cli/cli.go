@@ -243,19 +243,27 @@ func (a *app) client() (*client.Client, error) {
 }
 
 // parseID parses a work request id argument.
-func parseID(s string) (int64, error) {
+func parseID(s string) (int64, error) { return parseIDOf("work request", s) }
+
+// parseIDOf parses the id of a what (a work request, an artifact).
+func parseIDOf(what, s string) (int64, error) {
 	id, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || id <= 0 {
-		return 0, fmt.Errorf("invalid work request id %q: want a positive integer", s)
+		return 0, fmt.Errorf("invalid %s id %q: want a positive integer", what, s)
 	}
 	return id, nil
 }
 
 // idArg accepts exactly one argument, a work request id.
-func idArg(_ *cobra.Command, args []string) error {
-	if len(args) != 1 {
-		return fmt.Errorf("want one argument, a work request id; got %d", len(args))
+var idArg = idArgOf("work request")
+
+// idArgOf accepts exactly one argument, the id of a what.
+func idArgOf(what string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if len(args) != 1 {
+			return fmt.Errorf("want one argument, a %s id; got %d", what, len(args))
+		}
+		_, err := parseIDOf(what, args[0])
+		return err
 	}
-	_, err := parseID(args[0])
-	return err
 }
