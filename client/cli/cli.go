@@ -261,7 +261,11 @@ var idArg = idArgOf("work request")
 func idArgOf(what string) cobra.PositionalArgs {
 	return func(_ *cobra.Command, args []string) error {
 		if len(args) != 1 {
-			return fmt.Errorf("want one argument, a %s id; got %d", what, len(args))
+			article := "a"
+			if strings.ContainsRune("aeiou", rune(what[0])) {
+				article = "an"
+			}
+			return fmt.Errorf("want one argument, %s %s id; got %d", article, what, len(args))
 		}
 		_, err := parseIDOf(what, args[0])
 		return err
