@@ -174,19 +174,14 @@ func (s *Server) completeWorkRequest(w http.ResponseWriter, r *http.Request) {
 	if len(in.Output) > maxOutputBytes {
 		in.Output = in.Output[len(in.Output)-maxOutputBytes:]
 	}
-	if _, err := s.store.WorkRequest(r.Context(), id); err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			problem(w, http.StatusNotFound, "Work request not found", "No WorkRequest matches the given query.")
-			return
-		}
-		s.internal(w, err)
-		return
-	}
 	wr, err := s.store.Complete(r.Context(), id, wk.ID, in.Attempt, string(in.Result), in.Output)
 	switch {
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, store.ErrNotAssigned):
 		writeProblem(w, schemas.Problem{Status: http.StatusUnauthorized, Title: "Invalid worker to update the work request",
 			Detail: err.Error(), Code: "not-assigned"})
+		return
+	case errors.Is(err, store.ErrNotFound):
+		problem(w, http.StatusNotFound, "Work request not found", "No WorkRequest matches the given query.")
 		return
 	case errors.Is(err, store.ErrStale):
 		writeProblem(w, schemas.Problem{Status: http.StatusConflict, Title: title, Detail: err.Error(), Code: "stale-attempt"})

@@ -37,6 +37,9 @@ var (
 	// ErrStale is the ErrConflict of a call from an attempt that is not the
 	// request's current one.
 	ErrStale = fmt.Errorf("%w: stale attempt", ErrConflict)
+	// ErrNotAssigned is the ErrNotFound of a worker's call about a request
+	// that exists but is not assigned to that worker.
+	ErrNotAssigned = fmt.Errorf("%w: not assigned to this worker", ErrNotFound)
 )
 
 // Dialect names a database engine.

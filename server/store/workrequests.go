@@ -298,7 +298,8 @@ func (s *Store) Start(ctx context.Context, id, workerID int64, attempt int) (Wor
 }
 
 // Complete records the result reported by workerID for attempt (0: the
-// current one). ErrNotFound when the request is not assigned to that worker;
+// current one). ErrNotFound when there is no such request, ErrNotAssigned
+// (also an ErrNotFound) when it is not assigned to that worker;
 // ErrConflict when the attempt is stale or the request already finished (for
 // example aborted).
 func (s *Store) Complete(ctx context.Context, id, workerID int64, attempt int, result, output string) (WorkRequest, error) {
@@ -308,7 +309,7 @@ func (s *Store) Complete(ctx context.Context, id, workerID int64, attempt int, r
 			return notFound("work request", id, err)
 		}
 		if !wr.WorkerID.Valid || wr.WorkerID.Int64 != workerID {
-			return fmt.Errorf("work request %d is not assigned to this worker: %w", id, ErrNotFound)
+			return fmt.Errorf("work request %d: %w", id, ErrNotAssigned)
 		}
 		if attempt != 0 && attempt != wr.Attempt {
 			return fmt.Errorf("attempt %d of work request %d, the current attempt is %d: %w", attempt, id, wr.Attempt, ErrStale)
@@ -373,7 +374,7 @@ func (s *Store) ConfirmKill(ctx context.Context, id, workerID int64, attempt int
 		return err
 	}
 	if !wr.WorkerID.Valid || wr.WorkerID.Int64 != workerID {
-		return fmt.Errorf("work request %d is not this worker's: %w", id, ErrNotFound)
+		return fmt.Errorf("work request %d: %w", id, ErrNotAssigned)
 	}
 	return nil
 }
