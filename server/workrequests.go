@@ -294,12 +294,18 @@ func (s *Server) listWorkRequests(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	page := schemas.Page[schemas.WorkRequest]{Results: make([]schemas.WorkRequest, 0, len(rows))}
+	ids := make([]int64, len(rows))
+	for i, wr := range rows {
+		ids[i] = wr.ID
+	}
+	artifacts, err := s.store.ArtifactIDsForWorkRequests(r.Context(), ids)
+	if err != nil {
+		s.internal(w, err)
+		return
+	}
 	for _, wr := range rows {
 		out := s.toWire(wr)
-		if out.Artifacts, err = s.store.ArtifactIDsForWorkRequest(r.Context(), wr.ID); err != nil {
-			s.internal(w, err)
-			return
-		}
+		out.Artifacts = append([]int64{}, artifacts[wr.ID]...)
 		page.Results = append(page.Results, out)
 	}
 	if len(rows) > 0 {
@@ -421,6 +427,13 @@ func (s *Server) abortWorkRequest(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, err)
 		return
 	}
+	// The answer shows the request as the abort left it (with kill_pending
+	// for a running one), read before the worker is told and may confirm.
+	aborted, err := s.store.WorkRequest(r.Context(), id)
+	if err != nil {
+		s.storeError(w, err)
+		return
+	}
 	if before.WorkerID.Valid {
 		s.sendControl(r.Context(), before.WorkerID.Int64,
 			bus.Control{Type: bus.ControlAbort, WorkRequestID: id, Attempt: before.Attempt, Reason: "aborted"},
@@ -428,7 +441,7 @@ func (s *Server) abortWorkRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info().Int64("work_request", id).Str("user", u.Username).Msg("work request aborted")
 	s.kickScheduler()
-	s.getWorkRequest(w, r)
+	s.writeWorkRequest(w, r, aborted)
 }
 
 func (s *Server) retryWorkRequest(w http.ResponseWriter, r *http.Request) {

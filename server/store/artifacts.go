@@ -234,6 +234,30 @@ func (s *Store) ArtifactFileByID(ctx context.Context, id int64) (ArtifactFile, e
 	return f, nil
 }
 
+// ArtifactIDsForWorkRequests is ArtifactIDsForWorkRequest for a page of
+// requests in one query: request id -> its artifact ids, ascending.
+func (s *Store) ArtifactIDsForWorkRequests(ctx context.Context, workRequestIDs []int64) (map[int64][]int64, error) {
+	out := make(map[int64][]int64, len(workRequestIDs))
+	if len(workRequestIDs) == 0 {
+		return out, nil
+	}
+	q, args, err := sqlx.In(`SELECT id, work_request_id FROM artifacts WHERE work_request_id IN (?) ORDER BY id`, workRequestIDs)
+	if err != nil {
+		return nil, fmt.Errorf("artifacts of work requests: %w", err)
+	}
+	var rows []struct {
+		ID            int64 `db:"id"`
+		WorkRequestID int64 `db:"work_request_id"`
+	}
+	if err := s.r.SelectContext(ctx, &rows, s.rebind(q), args...); err != nil {
+		return nil, fmt.Errorf("artifacts of work requests: %w", err)
+	}
+	for _, r := range rows {
+		out[r.WorkRequestID] = append(out[r.WorkRequestID], r.ID)
+	}
+	return out, nil
+}
+
 // ArtifactIDsForWorkRequest returns the ids of the artifacts created for a
 // work request, ascending (the work request's "artifacts").
 func (s *Store) ArtifactIDsForWorkRequest(ctx context.Context, workRequestID int64) ([]int64, error) {

@@ -469,3 +469,34 @@ func TestFileCollectionRacesWithCreation(t *testing.T) {
 		}
 	})
 }
+
+func TestArtifactIDsForWorkRequestsMatchesOneByOne(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, st *Store) {
+		ctx := t.Context()
+		var ids []int64
+		for range 3 {
+			ids = append(ids, newWR(t, st, wrOpts{}).ID)
+		}
+		u, err := st.CreateUser(ctx, "owner", "", false)
+		require.NoError(t, err)
+		for _, wrID := range []int64{ids[0], ids[2], ids[0]} {
+			_, err := st.CreateArtifact(ctx, NewArtifact{Category: "test", Workspace: "System", Data: "{}",
+				WorkRequestID: wrID, CreatedBy: u.ID})
+			require.NoError(t, err)
+		}
+		got, err := st.ArtifactIDsForWorkRequests(ctx, ids)
+		require.NoError(t, err)
+		for _, id := range ids {
+			one, err := st.ArtifactIDsForWorkRequest(ctx, id)
+			require.NoError(t, err)
+			require.Equal(t, len(one), len(got[id]), "work request %d", id)
+			for i := range one {
+				require.Equal(t, one[i], got[id][i])
+			}
+		}
+		require.Len(t, got[ids[0]], 2)
+		empty, err := st.ArtifactIDsForWorkRequests(ctx, nil)
+		require.NoError(t, err)
+		require.Empty(t, empty)
+	})
+}
