@@ -178,6 +178,13 @@ type testWorker struct {
 // runs a worker daemon that claims it.
 func (b *bundle) startWorker(name string, concurrency int, md schemas.Metadata) *testWorker {
 	b.t.Helper()
+	return b.startWorkerWith(name, concurrency, md, nil)
+}
+
+// startWorkerWith is startWorker with a chance to change the worker's
+// configuration.
+func (b *bundle) startWorkerWith(name string, concurrency int, md schemas.Metadata, change func(*worker.Config)) *testWorker {
+	b.t.Helper()
 	wk, err := b.st.CreateWorker(b.ctx, name, "external")
 	require.NoError(b.t, err)
 	act, err := b.st.CreateActivationToken(b.ctx, wk.ID)
@@ -188,6 +195,9 @@ func (b *bundle) startWorker(name string, concurrency int, md schemas.Metadata) 
 	w := &testWorker{b: b, id: wk.ID, tokenFile: filepath.Join(wdir, "token")}
 	w.cfg = w.cfgFor(name, concurrency, md)
 	w.cfg.ActivationTokenFile = filepath.Join(wdir, "activation-token")
+	if change != nil {
+		change(&w.cfg)
+	}
 	w.start()
 	b.t.Cleanup(w.stop)
 	b.waitFor("worker "+name+" to connect", func() bool {

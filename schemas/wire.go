@@ -131,6 +131,10 @@ type WorkRequestCompleted struct {
 	OutputData json.RawMessage `json:"output_data,omitempty"`
 	// Output is the end of the task's output (Kiln; at most 64 KiB kept).
 	Output string `json:"output,omitempty"`
+	// Reason (Kiln) says why a run ended in error, in words a user
+	// understands (a build's dependency problem, an input that could not be
+	// fetched); at most 1 KiB is kept.
+	Reason string `json:"reason,omitempty"`
 }
 
 // WorkRequestKilled is the body of POST /api/1.0/work-request/ID/killed/

@@ -174,7 +174,10 @@ func (s *Server) completeWorkRequest(w http.ResponseWriter, r *http.Request) {
 	if len(in.Output) > maxOutputBytes {
 		in.Output = in.Output[len(in.Output)-maxOutputBytes:]
 	}
-	wr, err := s.store.Complete(r.Context(), id, wk.ID, in.Attempt, string(in.Result), in.Output)
+	if len(in.Reason) > maxReasonBytes {
+		in.Reason = in.Reason[:maxReasonBytes]
+	}
+	wr, err := s.store.Complete(r.Context(), id, wk.ID, in.Attempt, store.Completion{Result: string(in.Result), Output: in.Output, Reason: in.Reason})
 	switch {
 	case errors.Is(err, store.ErrNotAssigned):
 		writeProblem(w, schemas.Problem{Status: http.StatusUnauthorized, Title: "Invalid worker to update the work request",

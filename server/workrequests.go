@@ -25,6 +25,7 @@ const (
 	defaultPageSize = 10
 	maxPageSize     = 1000
 	maxOutputBytes  = 64 << 10
+	maxReasonBytes  = 1 << 10
 )
 
 // writeWorkRequest answers 200 with the work request, its artifacts listed.

@@ -32,7 +32,7 @@ func (Noop) Version() int { return 1 }
 func (Noop) Type() Type { return TypeWorker }
 
 // AnalyzeWorker implements Task; noop needs nothing beyond its version.
-func (Noop) AnalyzeWorker(context.Context) schemas.Metadata { return nil }
+func (Noop) AnalyzeWorker(context.Context, Host) schemas.Metadata { return nil }
 
 // Requirements implements Task.
 func (Noop) Requirements(data json.RawMessage) (Requirements, error) {

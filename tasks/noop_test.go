@@ -22,7 +22,7 @@ func TestNoopIdentity(t *testing.T) {
 	require.Equal(t, "noop", n.Name())
 	require.Equal(t, 1, n.Version())
 	require.Equal(t, TypeWorker, n.Type())
-	require.Empty(t, n.AnalyzeWorker(t.Context()))
+	require.Empty(t, n.AnalyzeWorker(t.Context(), Host{}))
 }
 
 func TestNoopRequirements(t *testing.T) {

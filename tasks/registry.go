@@ -61,6 +61,9 @@ func NewRegistry() *Registry { return &Registry{tasks: map[string]entry{}} }
 func Default() *Registry {
 	r := NewRegistry()
 	r.MustRegister(Noop{})
+	r.MustRegister(Mmdebstrap{})
+	r.MustRegister(Sbuild{})
+	r.MustRegister(Lintian{})
 	return r
 }
 
@@ -229,13 +232,13 @@ func flatten(ve *jsonschema.ValidationError) []schemas.ValidationProblem {
 
 // Analyze returns the worker metadata this registry's tasks contribute:
 // <name>:version for every task plus each task's AnalyzeWorker keys.
-func (r *Registry) Analyze(ctx context.Context) schemas.Metadata {
+func (r *Registry) Analyze(ctx context.Context, host Host) schemas.Metadata {
 	md := schemas.Metadata{}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for name, e := range r.tasks {
 		md[VersionKey(name)] = e.task.Version()
-		for k, v := range e.task.AnalyzeWorker(ctx) {
+		for k, v := range e.task.AnalyzeWorker(ctx, host) {
 			md[k] = v
 		}
 	}

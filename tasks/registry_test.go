@@ -60,7 +60,7 @@ func TestRegistryRegister(t *testing.T) {
 
 func TestDefaultRegistry(t *testing.T) {
 	r := Default()
-	require.Equal(t, []string{"noop"}, r.Names())
+	require.Equal(t, []string{"lintian", "mmdebstrap", "noop", "sbuild"}, r.Names())
 	n, err := r.Get("noop")
 	require.NoError(t, err)
 	require.IsType(t, Noop{}, n)
@@ -172,12 +172,13 @@ func TestBugValidateRejectsTrailingData(t *testing.T) {
 }
 
 func TestRegistryAnalyze(t *testing.T) {
-	r := Default()
-	md := r.Analyze(t.Context())
+	r := NewRegistry()
+	r.MustRegister(Noop{})
+	md := r.Analyze(t.Context(), Host{})
 	require.Equal(t, schemas.Metadata{"noop:version": 1}, md)
 
 	require.NoError(t, r.RegisterWithSchema(fakeTask{name: "fake", version: 3, typ: TypeWorker}, []byte(openSchema)))
-	md = r.Analyze(t.Context())
+	md = r.Analyze(t.Context(), Host{})
 	require.Equal(t, schemas.Metadata{"noop:version": 1, "fake:version": 3, "fake:extra": "yes"}, md)
 }
 

@@ -39,6 +39,14 @@ type Program interface {
 	Succeeded(exitCode int, execDir string) bool
 }
 
+// Judge is implemented by programs whose outcome is more than success or
+// failure (a build whose dependencies cannot be installed is an error, not
+// a failed build). It replaces Succeeded: it returns the result, and for
+// ResultError the reason that the user is shown.
+type Judge interface {
+	Judge(exitCode int, execDir string) (schemas.Result, error)
+}
+
 // Finalizer is implemented by programs that must clean up after every run
 // of their command, killed or not (power off a device under test, say). It
 // runs after the command and everything it started are gone, bounded by the
@@ -64,7 +72,8 @@ const debugUploadTimeout = 2 * time.Minute
 // RunProgram runs a run-command task's pipeline in env.WorkDir: fetch input
 // -> configure -> command line -> run (in its own process group and, where
 // possible, cgroup) -> check the output directory -> upload artifacts (also
-// after a failure) -> decide. Each stage is logged with its time to
+// after a failure) -> decide (Succeeded, or Judge when the program has it;
+// an error result comes back with its reason as the error). Each stage is logged with its time to
 // stages.log; the command's line, output, "aborted:", "returncode:" and the
 // files it left go to cmd-output.log, its output also to env.Output. The debug
 // logs are uploaded at the end as a debusine:work-request-debug-logs artifact
@@ -146,14 +155,24 @@ func RunProgram(ctx context.Context, env Env, p Program) (result schemas.Result,
 		return fail("Running", runErr)
 	}
 	aborted := res.Killed
-	succeeded := !aborted && p.Succeeded(res.ExitCode, execDir)
+	verdict, reason := schemas.ResultFailure, error(nil)
+	switch j, ok := p.(Judge); {
+	case aborted:
+	case ok:
+		verdict, reason = j.Judge(res.ExitCode, execDir)
+	case p.Succeeded(res.ExitCode, execDir):
+		verdict = schemas.ResultSuccess
+	}
 
 	stage("Checking output")
 	if problems := p.CheckOutput(env, execDir); len(problems) > 0 {
 		sort.Strings(problems)
 		_ = os.WriteFile(filepath.Join(debugDir, ConsistencyLog), []byte(strings.Join(problems, "\n")+"\n"), 0o644)
-		succeeded = false
+		if verdict == schemas.ResultSuccess {
+			verdict = schemas.ResultFailure
+		}
 	}
+	succeeded := verdict == schemas.ResultSuccess
 	stage("Uploading artifacts")
 	uploadCtx := ctx
 	if aborted {
@@ -171,6 +190,12 @@ func RunProgram(ctx context.Context, env Env, p Program) (result schemas.Result,
 		return schemas.ResultError, res.Cause
 	case succeeded:
 		return schemas.ResultSuccess, nil
+	case verdict == schemas.ResultError:
+		if reason == nil {
+			reason = errors.New("the command reported an error")
+		}
+		stage(fmt.Sprintf("Error: %v", reason))
+		return schemas.ResultError, reason
 	default:
 		return schemas.ResultFailure, nil
 	}

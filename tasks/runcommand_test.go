@@ -141,3 +141,46 @@ func TestRunProgramFinalizes(t *testing.T) {
 	require.Equal(t, 1, p.finalized)
 	require.Contains(t, readDebug(t, env, StagesLog), "device did not power off")
 }
+
+// judgedProgram decides its outcome with Judge: exit 3 is an error with a
+// reason, as sbuild's given-back.
+type judgedProgram struct{ shProgram }
+
+func (p *judgedProgram) Judge(code int, _ string) (schemas.Result, error) {
+	switch code {
+	case 0:
+		return schemas.ResultSuccess, nil
+	case 3:
+		return schemas.ResultError, errors.New("given-back: a dependency is missing")
+	case 4:
+		return schemas.ResultError, nil
+	}
+	return schemas.ResultFailure, nil
+}
+
+func TestRunProgramJudge(t *testing.T) {
+	for _, c := range []struct {
+		script string
+		result schemas.Result
+		reason string
+	}{
+		{"true", schemas.ResultSuccess, ""},
+		{"exit 1", schemas.ResultFailure, ""},
+		{"exit 3", schemas.ResultError, "given-back: a dependency is missing"},
+		{"exit 4", schemas.ResultError, "the command reported an error"},
+	} {
+		t.Run(c.script, func(t *testing.T) {
+			env, _ := runEnv(t)
+			p := &judgedProgram{shProgram{script: c.script}}
+			res, err := RunProgram(t.Context(), env, p)
+			require.Equal(t, c.result, res)
+			if c.reason == "" {
+				require.NoError(t, err)
+			} else {
+				require.EqualError(t, err, c.reason)
+				require.Contains(t, readDebug(t, env, StagesLog), "Error: "+c.reason)
+			}
+			require.Equal(t, []bool{c.result == schemas.ResultSuccess}, p.uploaded, "upload runs whatever the outcome")
+		})
+	}
+}

@@ -6,8 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/kiln-ci/kiln/schemas"
 )
@@ -37,6 +39,11 @@ func AnalyzeSystem(ctx context.Context, workerType string) schemas.Metadata {
 	if out, err := exec.CommandContext(ctx, "dpkg", "--print-foreign-architectures").Output(); err == nil {
 		archs = append(archs, strings.Fields(string(out))...)
 	}
+	for _, a := range executableArchitectures(ctx) {
+		if !slices.Contains(archs, a) {
+			archs = append(archs, a)
+		}
+	}
 	md := schemas.Metadata{
 		KeyCPUCount:         runtime.NumCPU(),
 		KeyHostArchitecture: host,
@@ -47,6 +54,34 @@ func AnalyzeSystem(ctx context.Context, workerType string) schemas.Metadata {
 		md[KeyTotalMemory] = mem
 	}
 	return md
+}
+
+var archTest struct {
+	sync.Mutex
+	done  bool
+	archs []string
+}
+
+// executableArchitectures asks arch-test, when installed, which
+// architectures this machine really executes (natively or through binfmt
+// emulation), which is what a build needs. It takes over a second, so the
+// answer is kept for the life of the process.
+func executableArchitectures(ctx context.Context) []string {
+	archTest.Lock()
+	defer archTest.Unlock()
+	if archTest.done {
+		return archTest.archs
+	}
+	if _, err := exec.LookPath("arch-test"); err != nil {
+		archTest.done = true
+		return nil
+	}
+	out, err := exec.CommandContext(ctx, "arch-test").Output()
+	if err != nil {
+		return nil // asked again next time
+	}
+	archTest.done, archTest.archs = true, strings.Fields(string(out))
+	return archTest.archs
 }
 
 func totalMemory() int64 {

@@ -79,12 +79,35 @@ type Env struct {
 	// Artifacts downloads inputs and uploads outputs; nil when the worker
 	// has no artifact access (then tasks that need it fail).
 	Artifacts Artifacts
+	// Host is the worker's configuration for tasks that run host programs.
+	Host Host
+}
+
+// Host is what a worker's administrator configures for tasks that build
+// and check packages on the worker's machine.
+type Host struct {
+	// BuildUser is the unprivileged user that builds and checks run as when
+	// the worker runs as root; it needs a subordinate uid/gid range for
+	// unshare builds. Empty: the worker's own user (which must then not be
+	// root for sbuild).
+	BuildUser string
+	// ScratchDir holds the build trees and unpacked build environments of
+	// runs; a tmpfs makes builds faster. Empty: the system's temporary
+	// directory. The build user must be able to reach it.
+	ScratchDir string
 }
 
 // Artifacts is what tasks need of the artifact store.
 type Artifacts interface {
+	// Get returns the artifact's description (category, data, files).
+	Get(ctx context.Context, id int64) (schemas.Artifact, error)
 	// Download fetches every file of artifact id into dir.
 	Download(ctx context.Context, id int64, dir string) error
+	// Cached returns a local path to file name of artifact id from the
+	// worker's cache (filling it on a miss), for big inputs that many runs
+	// share such as build environments. The file must only be read, and
+	// only until release is called.
+	Cached(ctx context.Context, id int64, name string) (path string, release func(), err error)
 	// Upload creates an artifact of this run from local files (artifact
 	// path -> local path), related to the given artifacts, and returns its id.
 	Upload(ctx context.Context, a NewArtifact) (int64, error)
@@ -99,6 +122,16 @@ type NewArtifact struct {
 	// RelatesTo lists artifacts the new one relates to (debusine's
 	// "relates-to").
 	RelatesTo []int64
+	// Relations lists further typed relations from the new artifact (an
+	// upload "extends" its binary packages, a package is "built-using" its
+	// source).
+	Relations []Relation
+}
+
+// Relation is a typed link from a new artifact to an existing one.
+type Relation struct {
+	Type   schemas.RelationType
+	Target int64
 }
 
 // Task is the contract every registered task fulfils.
@@ -112,7 +145,7 @@ type Task interface {
 	Type() Type
 	// AnalyzeWorker runs on the worker and returns the metadata keys this task
 	// contributes, besides <name>:version which the registry adds.
-	AnalyzeWorker(ctx context.Context) schemas.Metadata
+	AnalyzeWorker(ctx context.Context, host Host) schemas.Metadata
 	// Requirements extracts from validated task data what CanRunOn depends on.
 	Requirements(data json.RawMessage) (Requirements, error)
 	// CanRunOn runs on the scheduler: nil when a worker with this metadata can

@@ -22,7 +22,7 @@ type fakeTask struct {
 func (f fakeTask) Name() string { return f.name }
 func (f fakeTask) Version() int { return f.version }
 func (f fakeTask) Type() Type   { return f.typ }
-func (f fakeTask) AnalyzeWorker(context.Context) schemas.Metadata {
+func (f fakeTask) AnalyzeWorker(context.Context, Host) schemas.Metadata {
 	return schemas.Metadata{"fake:extra": "yes"}
 }
 func (f fakeTask) Requirements(json.RawMessage) (Requirements, error) {

@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-ci/kiln/schemas"
 	"github.com/kiln-ci/kiln/tasks"
 	"github.com/kiln-ci/kiln/tasks/runner"
+	"github.com/kiln-ci/kiln/worker/cache"
 )
 
 // Config is kiln-worker's configuration; each field is also a flag, a KILN_*
@@ -63,6 +64,19 @@ type Config struct {
 	// CgroupParent is the cgroup v2 directory under which each run gets its
 	// own cgroup (default: "kiln" below the worker's own cgroup).
 	CgroupParent string
+	// BuildUser is the unprivileged user that builds and checks run as when
+	// the worker runs as root (default: none; see tasks.Host).
+	BuildUser string
+	// ScratchDir holds build trees and unpacked build environments
+	// (default: the system's temporary directory; a tmpfs is faster).
+	ScratchDir string
+	// CacheDir holds big inputs that runs share, such as build environment
+	// tarballs, by SHA-256 (default "cache" next to the work directory).
+	// The build user must be able to read it.
+	CacheDir string
+	// CacheMaxBytes caps the cache; the least recently used files go first
+	// (default 20 GiB).
+	CacheMaxBytes int64
 }
 
 func (c *Config) setDefaults() error {
@@ -97,6 +111,12 @@ func (c *Config) setDefaults() error {
 	if c.WorkDir == "" {
 		c.WorkDir = filepath.Join(filepath.Dir(c.TokenFile), "work")
 	}
+	if c.CacheDir == "" {
+		c.CacheDir = filepath.Join(filepath.Dir(c.WorkDir), "cache")
+	}
+	if c.CacheMaxBytes == 0 {
+		c.CacheMaxBytes = 20 << 30
+	}
 	if c.Grace <= 0 {
 		c.Grace = 10 * time.Second
 	}
@@ -117,6 +137,7 @@ type Worker struct {
 	runsMu sync.Mutex
 	runs   map[int64]context.CancelCauseFunc
 	wg     sync.WaitGroup
+	cache  *cache.Cache
 }
 
 // ErrAborted is the cancellation cause of a run aborted through the API.
@@ -128,6 +149,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), runs: map[int64]context.CancelCauseFunc{}}
+	c, err := cache.Open(cfg.CacheDir, cfg.CacheMaxBytes)
+	if err != nil {
+		return fmt.Errorf("worker cache: %w", err)
+	}
+	w.cache = c
 	token, err := w.ensureToken()
 	if err != nil {
 		return err
@@ -257,7 +283,7 @@ func (w *Worker) connect(ctx context.Context) error {
 
 func (w *Worker) sendMetadata(ctx context.Context) error {
 	md := tasks.AnalyzeSystem(ctx, w.cfg.WorkerType)
-	for k, v := range w.cfg.Registry.Analyze(ctx) {
+	for k, v := range w.cfg.Registry.Analyze(ctx, w.host()) {
 		md[k] = v
 	}
 	for k, v := range w.cfg.Metadata {
@@ -471,11 +497,13 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, lo
 	}
 	if err != nil {
 		fmt.Fprintf(out, "cannot run: %v\n", err)
+		err = fmt.Errorf("cannot run: %w", err)
 	} else {
 		log.Info().Msg("running")
 		result, err = task.Execute(runCtx, wr.TaskData, tasks.Env{
 			WorkRequestID: wr.ID, Attempt: wr.Attempt, Output: out, Logger: log,
 			WorkDir: workDir, Grace: w.cfg.Grace, CgroupParent: w.cfg.CgroupParent, Artifacts: w.artifacts(wr),
+			Host: w.host(),
 		})
 		if err != nil {
 			fmt.Fprintf(out, "error: %v\n", err)
@@ -495,6 +523,9 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, lo
 	}
 	log.Info().Str("result", string(result)).Msg("finished")
 	report := schemas.WorkRequestCompleted{Result: result, Attempt: wr.Attempt, Output: tailBuf.String()}
+	if result == schemas.ResultError && err != nil {
+		report.Reason = err.Error()
+	}
 	err = w.retry(ctx, "report result", func() error {
 		err := w.api.CompleteWorkRequest(ctx, wr.ID, report)
 		if code := client.StatusCode(err); code == http.StatusUnauthorized || code == http.StatusConflict || code == http.StatusNotFound {

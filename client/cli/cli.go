@@ -177,6 +177,7 @@ usage, 3 any other error.`,
 		a.showArtifactCommand(),
 		a.downloadArtifactCommand(),
 		a.showArtifactRelationsCommand(),
+		a.importDebianArtifactCommand(),
 	)
 	return root
 }

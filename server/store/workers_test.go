@@ -332,7 +332,7 @@ func TestWorkerActiveCount(t *testing.T) {
 		assign(t, st, c, w)
 		assign(t, st, d, other)
 		start(t, st, b, w)
-		_, err := st.Complete(ctx, c.ID, w.ID, c.Attempt, "success", "")
+		_, err := st.Complete(ctx, c.ID, w.ID, c.Attempt, Completion{Result: "success", Output: ""})
 		require.NoError(t, err)
 
 		got, err := st.WorkerByID(ctx, w.ID)

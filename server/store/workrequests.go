@@ -297,12 +297,21 @@ func (s *Store) Start(ctx context.Context, id, workerID int64, attempt int) (Wor
 	return s.WorkRequest(ctx, id)
 }
 
+// Completion is what a worker reports at the end of a run.
+type Completion struct {
+	Result string
+	// Output is the end of the run's output.
+	Output string
+	// Reason says why the run ended in error ("" for none).
+	Reason string
+}
+
 // Complete records the result reported by workerID for attempt (0: the
 // current one). ErrNotFound when there is no such request, ErrNotAssigned
 // (also an ErrNotFound) when it is not assigned to that worker;
 // ErrConflict when the attempt is stale or the request already finished (for
 // example aborted).
-func (s *Store) Complete(ctx context.Context, id, workerID int64, attempt int, result, output string) (WorkRequest, error) {
+func (s *Store) Complete(ctx context.Context, id, workerID int64, attempt int, c Completion) (WorkRequest, error) {
 	var wr WorkRequest
 	err := s.tx(ctx, func(tx *sqlx.Tx) error {
 		if err := tx.GetContext(ctx, &wr, tx.Rebind(`SELECT `+wrColumns+wrFrom+` WHERE work_requests.id = ?`), id); err != nil {
@@ -315,14 +324,14 @@ func (s *Store) Complete(ctx context.Context, id, workerID int64, attempt int, r
 			return fmt.Errorf("attempt %d of work request %d, the current attempt is %d: %w", attempt, id, wr.Attempt, ErrStale)
 		}
 		if wr.Status != "running" && wr.Status != "pending" {
-			if wr.Status == "completed" && wr.Result == result {
+			if wr.Status == "completed" && wr.Result == c.Result {
 				return nil // a repeated report of the same result is not an error
 			}
 			return fmt.Errorf("work request %d is already %s: %w", id, wr.Status, ErrConflict)
 		}
 		t := now()
-		_, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'completed', result = ?, output = ?,
-			completed_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?`), result, output, t, t, id)
+		_, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'completed', result = ?, output = ?, reason = ?,
+			completed_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?`), c.Result, c.Output, c.Reason, t, t, id)
 		return err
 	})
 	if err != nil {

@@ -72,7 +72,7 @@ func inState(t *testing.T, st *Store, state string) (WorkRequest, Worker) {
 	w := newWorker(t, st, "w")
 	wr := newWR(t, st, wrOpts{})
 	complete := func(result string) {
-		_, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, result, "out")
+		_, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: result, Output: "out"})
 		require.NoError(t, err)
 	}
 	switch state {
@@ -433,7 +433,7 @@ func TestComplete(t *testing.T) {
 
 		t.Run("running", func(t *testing.T) {
 			wr, w := inState(t, st, stateRunning)
-			got, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, "failure", "log text")
+			got, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: "failure", Output: "log text"})
 			require.NoError(t, err)
 			require.Equal(t, "completed", got.Status)
 			require.Equal(t, "failure", got.Result)
@@ -441,18 +441,26 @@ func TestComplete(t *testing.T) {
 			require.True(t, got.CompletedAt.Valid)
 			require.True(t, got.StartedAt.Time.Equal(wr.StartedAt.Time), "started_at kept")
 
-			again, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, "failure", "log text")
+			again, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: "failure", Output: "log text"})
 			require.NoError(t, err, "a repeated identical report is fine")
 			require.Equal(t, "failure", again.Result)
 			require.True(t, again.CompletedAt.Time.Equal(got.CompletedAt.Time), "and changes nothing")
 
-			_, err = st.Complete(ctx, wr.ID, w.ID, wr.Attempt, "success", "")
+			_, err = st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: "success", Output: ""})
 			require.ErrorIs(t, err, ErrConflict, "a different result after completion")
+		})
+
+		t.Run("error with a reason", func(t *testing.T) {
+			wr, w := inState(t, st, stateRunning)
+			got, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: "error", Reason: "given-back at install-deps: foo"})
+			require.NoError(t, err)
+			require.Equal(t, "error", got.Result)
+			require.Equal(t, "given-back at install-deps: foo", got.Reason)
 		})
 
 		t.Run("assigned but not started", func(t *testing.T) {
 			wr, w := inState(t, st, stateAssigned)
-			got, err := st.Complete(ctx, wr.ID, w.ID, 0, "error", "")
+			got, err := st.Complete(ctx, wr.ID, w.ID, 0, Completion{Result: "error", Output: ""})
 			require.NoError(t, err, "attempt 0 matches any attempt")
 			require.Equal(t, "completed", got.Status)
 			require.True(t, got.StartedAt.Valid, "started_at filled in")
@@ -461,11 +469,11 @@ func TestComplete(t *testing.T) {
 		t.Run("not this worker or attempt", func(t *testing.T) {
 			wr, w := inState(t, st, stateRunning)
 			other := newWorker(t, st, "other")
-			_, err := st.Complete(ctx, wr.ID, other.ID, wr.Attempt, "success", "")
+			_, err := st.Complete(ctx, wr.ID, other.ID, wr.Attempt, Completion{Result: "success", Output: ""})
 			require.ErrorIs(t, err, ErrNotFound, "wrong worker")
-			_, err = st.Complete(ctx, wr.ID, other.ID, 0, "success", "")
+			_, err = st.Complete(ctx, wr.ID, other.ID, 0, Completion{Result: "success", Output: ""})
 			require.ErrorIs(t, err, ErrNotFound, "wrong worker, any attempt")
-			_, err = st.Complete(ctx, wr.ID, w.ID, wr.Attempt+1, "success", "")
+			_, err = st.Complete(ctx, wr.ID, w.ID, wr.Attempt+1, Completion{Result: "success", Output: ""})
 			require.ErrorIs(t, err, ErrStale, "stale attempt")
 			require.ErrorIs(t, err, ErrConflict, "ErrStale is a conflict")
 			got, err := st.WorkRequest(ctx, wr.ID)
@@ -475,13 +483,13 @@ func TestComplete(t *testing.T) {
 
 		t.Run("unassigned", func(t *testing.T) {
 			wr, w := inState(t, st, statePending)
-			_, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, "success", "")
+			_, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: "success", Output: ""})
 			require.ErrorIs(t, err, ErrNotFound)
 		})
 
 		t.Run("aborted", func(t *testing.T) {
 			wr, w := inState(t, st, stateAbortedRn)
-			_, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, "success", "")
+			_, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: "success", Output: ""})
 			require.ErrorIs(t, err, ErrConflict)
 			got, err := st.WorkRequest(ctx, wr.ID)
 			require.NoError(t, err)
@@ -490,7 +498,7 @@ func TestComplete(t *testing.T) {
 		})
 
 		t.Run("unknown", func(t *testing.T) {
-			_, err := st.Complete(ctx, 999999, 1, 1, "success", "")
+			_, err := st.Complete(ctx, 999999, 1, 1, Completion{Result: "success", Output: ""})
 			require.ErrorIs(t, err, ErrNotFound)
 		})
 	})
@@ -520,7 +528,7 @@ func TestNextAndActiveForWorker(t *testing.T) {
 		}
 		assign(t, st, elsewhere, other)
 		start(t, st, running, w)
-		_, err = st.Complete(ctx, done.ID, w.ID, done.Attempt, "success", "")
+		_, err = st.Complete(ctx, done.ID, w.ID, done.Attempt, Completion{Result: "success", Output: ""})
 		require.NoError(t, err)
 
 		active, err = st.ActiveForWorker(ctx, w.ID)
