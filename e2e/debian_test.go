@@ -346,6 +346,23 @@ func buildProcesses(t *testing.T, subOnly bool) []int {
 	return pids
 }
 
+// describeProcesses returns a line per process: pid, uid and command line.
+func describeProcesses(pids []int) string {
+	var b strings.Builder
+	for _, p := range pids {
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
+		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		uid := ""
+		for _, line := range strings.Split(string(status), "\n") {
+			if strings.HasPrefix(line, "Uid:") || strings.HasPrefix(line, "State:") {
+				uid += strings.Join(strings.Fields(line), " ") + " "
+			}
+		}
+		fmt.Fprintf(&b, "%d %s%s\n", p, uid, strings.ReplaceAll(string(cmd), "\x00", " "))
+	}
+	return b.String()
+}
+
 func subuidRange(t *testing.T, name string) (int, int) {
 	t.Helper()
 	f, err := os.Open("/etc/subuid")
@@ -418,15 +435,27 @@ func TestSbuildAbortLeavesNothing(t *testing.T) {
 
 	_, err := b.user.AbortWorkRequest(b.ctx, wr.ID)
 	require.NoError(t, err)
-	b.waitFor("every process of the build to be gone", func() bool {
+	var left []int
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		left = left[:0]
 		for _, p := range pids {
 			if !gone(p) {
-				return false
+				left = append(left, p)
 			}
 		}
 		// Only builds run as the build user's subordinate ids.
-		return len(buildProcesses(t, true)) == 0
-	})
+		for _, p := range buildProcesses(t, true) {
+			if !before[p] {
+				left = append(left, p)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.Empty(t, left, "processes of the build left after the abort:\n%s", describeProcesses(left))
 	b.waitFor("the kill confirmation", func() bool { return !b.get(wr.ID).KillPending })
 	requireNoScratchLeft(t, h)
 
@@ -461,10 +490,53 @@ func TestMmdebstrapEnvironmentBuilds(t *testing.T) {
 	requireNoScratchLeft(t, h)
 }
 
+// placeholder uploads an artifact of category with one small file, for
+// requests that must name inputs but never run.
+func (b *bundle) placeholder(category, name string) int64 {
+	b.t.Helper()
+	path := filepath.Join(b.t.TempDir(), name)
+	require.NoError(b.t, os.WriteFile(path, []byte(name+"\n"), 0o644))
+	a, err := b.user.UploadArtifact(b.ctx, client.ArtifactUpload{Category: category, Data: map[string]any{"codename": "bookworm"},
+		Files: map[string]string{name: path}})
+	require.NoError(b.t, err)
+	return a.ID
+}
+
+func TestSbuildRefusesBadInputs(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		source := b.placeholder("debian:source-package", "hello_1.0.dsc")
+		env := b.placeholder("debian:system-tarball", "system.tar.zst")
+		for _, c := range []struct {
+			name, data, pointer, message string
+		}{
+			{"missing source", sbuildData(999999, env), "/task_data/input/source_artifact", "artifact 999999 does not exist"},
+			{"environment of the wrong category", sbuildData(source, source), "/task_data/environment",
+				fmt.Sprintf("artifact %d is a debian:source-package artifact, not a debian:system-tarball", source)},
+			{"wrong extra package", fmt.Sprintf(`{"input": {"source_artifact": %d, "extra_binary_artifacts": [%d]}, "host_architecture": "amd64", "environment": %d}`, source, env, env),
+				"/task_data/input/extra_binary_artifacts/0", "not a debian:binary-package or debian:binary-packages or debian:upload"},
+			{"lintian on a tarball", fmt.Sprintf(`{"input": {"binary_artifacts": [%d]}}`, env), "/task_data/input/binary_artifacts/0", "is a debian:system-tarball artifact"},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				task := "sbuild"
+				if strings.HasPrefix(c.name, "lintian") {
+					task = "lintian"
+				}
+				_, err := b.user.CreateWorkRequest(b.ctx, schemas.WorkRequestCreate{TaskName: task, TaskData: []byte(c.data)})
+				var pe *client.ProblemError
+				require.ErrorAs(t, err, &pe)
+				require.Equal(t, 400, pe.Problem.Status)
+				require.Contains(t, pe.Problem.ValidationErrors, c.pointer, "problem: %+v", pe.Problem)
+				require.Contains(t, strings.Join(pe.Problem.ValidationErrors[c.pointer], " "), c.message)
+			})
+		}
+	})
+}
+
 func TestSbuildWaitsForAWorkerWithSbuild(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
 		b.startWorker("no-sbuild", 1, schemas.Metadata{"sbuild:available": false})
-		wr := b.create(b.user, "sbuild", sbuildData(1, 2))
+		source := b.placeholder("debian:source-package", "hello_1.0.dsc")
+		wr := b.create(b.user, "sbuild", sbuildData(source, b.placeholder("debian:system-tarball", "system.tar.zst")))
 		b.waitFor("the waiting reason", func() bool {
 			got := b.get(wr.ID)
 			return strings.Contains(got.WaitingReason, "sbuild is not installed")

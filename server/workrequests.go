@@ -163,6 +163,9 @@ func (s *Server) createWorkRequest(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusBadRequest, "Cannot create work request: invalid task data", err.Error())
 		return
 	}
+	if !s.checkInputs(w, r, task, in.TaskData) {
+		return
+	}
 	ws := in.Workspace
 	if ws == "" {
 		ws = s.cfg.Workspace
@@ -187,6 +190,45 @@ func (s *Server) createWorkRequest(w http.ResponseWriter, r *http.Request) {
 	s.log.Info().Int64("work_request", wr.ID).Str("task", wr.TaskName).Str("user", u.Username).Msg("work request created")
 	s.kickScheduler()
 	s.writeWorkRequest(w, r, wr)
+}
+
+// checkInputs answers 400 and returns false when the task data names an
+// input artifact that does not exist or is of a category the task does not
+// take there: better said at once than by a worker after the request waited.
+func (s *Server) checkInputs(w http.ResponseWriter, r *http.Request, task tasks.Task, data json.RawMessage) bool {
+	t, ok := task.(tasks.Inputs)
+	if !ok {
+		return true
+	}
+	ins, err := t.InputArtifacts(data)
+	if err != nil {
+		problem(w, http.StatusBadRequest, "Cannot create work request: invalid task data", err.Error())
+		return false
+	}
+	verrs := map[string][]string{}
+	var details []string
+	for _, in := range ins {
+		a, err := s.store.ArtifactWithoutFiles(r.Context(), in.ID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			err = fmt.Errorf("artifact %d does not exist", in.ID)
+		case err != nil:
+			s.internal(w, err)
+			return false
+		default:
+			err = in.CheckCategory(a.Category)
+		}
+		if err != nil {
+			verrs["/task_data"+in.Pointer] = append(verrs["/task_data"+in.Pointer], err.Error())
+			details = append(details, in.Field()+": "+err.Error())
+		}
+	}
+	if len(verrs) == 0 {
+		return true
+	}
+	writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: "Cannot create work request: invalid input artifacts",
+		Detail: strings.Join(details, "; "), ValidationErrors: verrs})
+	return false
 }
 
 // timeoutFor is the run-time limit of a new request in whole seconds: the

@@ -3,6 +3,7 @@ package tasks
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -200,7 +201,10 @@ func scratchDir(host Host, env Env, u buildUser) (string, error) {
 	if base == "" {
 		base = os.TempDir()
 	}
-	dir := filepath.Join(base, fmt.Sprintf("kiln-run-%d-%d", env.WorkRequestID, env.Attempt))
+	// Two worker daemons on one machine may share the scratch directory:
+	// the run's own work directory tells their runs apart.
+	tag := sha256.Sum256([]byte(env.WorkDir))
+	dir := filepath.Join(base, fmt.Sprintf("kiln-run-%d-%d-%x", env.WorkRequestID, env.Attempt, tag[:4]))
 	if err := removeTree(dir); err != nil {
 		return "", err
 	}

@@ -170,6 +170,26 @@ func parseLintianData(data json.RawMessage) (LintianData, error) {
 	return d, nil
 }
 
+// InputArtifacts implements Inputs.
+func (Lintian) InputArtifacts(data json.RawMessage) ([]InputArtifact, error) {
+	d, err := parseLintianData(data)
+	if err != nil {
+		return nil, err
+	}
+	return d.inputs(), nil
+}
+
+func (d LintianData) inputs() []InputArtifact {
+	var ins []InputArtifact
+	if id := d.Input.SourceArtifact; id != nil {
+		ins = append(ins, InputArtifact{Pointer: "/input/source_artifact", ID: *id, Categories: lintianSourceCategories})
+	}
+	for i, id := range d.Input.BinaryArtifacts {
+		ins = append(ins, InputArtifact{Pointer: fmt.Sprintf("/input/binary_artifacts/%d", i), ID: id, Categories: lintianBinaryCategories})
+	}
+	return ins
+}
+
 // lintianProgram is one run of the lintian task, RunProgram's Program.
 type lintianProgram struct {
 	data LintianData
@@ -208,45 +228,29 @@ func (p *lintianProgram) FetchInput(ctx context.Context, env Env, dir string) ([
 	if env.Artifacts == nil {
 		return nil, errors.New("the worker gives this task no artifact access")
 	}
-	type input struct {
-		field   string
-		id      int64
-		allowed []string
-	}
-	var ins []input
-	if id := p.data.Input.SourceArtifact; id != nil {
-		ins = append(ins, input{"input.source_artifact", *id, lintianSourceCategories})
-	}
-	for i, id := range p.data.Input.BinaryArtifacts {
-		ins = append(ins, input{fmt.Sprintf("input.binary_artifacts[%d]", i), id, lintianBinaryCategories})
-	}
 	// Every input is checked before anything is downloaded.
 	var arts []schemas.Artifact
-	for _, in := range ins {
-		a, err := env.Artifacts.Get(ctx, in.id)
+	for _, in := range p.data.inputs() {
+		a, err := getInput(ctx, env.Artifacts, in)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", in.field, err)
+			return nil, err
 		}
-		if !slices.Contains(in.allowed, a.Category) {
-			return nil, fmt.Errorf("%s: artifact %d is a %s artifact; lintian accepts %s there",
-				in.field, in.id, a.Category, strings.Join(in.allowed, ", "))
-		}
-		if slices.Contains(p.inputs, in.id) {
+		if slices.Contains(p.inputs, in.ID) {
 			continue // the same artifact twice: check it once
 		}
-		a.ID = in.id
+		a.ID = in.ID
 		targets, err := lintianTargets(a)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", in.field, err)
+			return nil, fmt.Errorf("%s: %w", in.Field(), err)
 		}
-		sub := strconv.FormatInt(in.id, 10)
+		sub := strconv.FormatInt(in.ID, 10)
 		for _, t := range targets {
 			p.targets = append(p.targets, path.Join(sub, t))
 		}
 		for name := range a.Files {
 			p.inputFiles = append(p.inputFiles, path.Join(sub, name))
 		}
-		p.inputs = append(p.inputs, in.id)
+		p.inputs = append(p.inputs, in.ID)
 		arts = append(arts, a)
 	}
 	for _, a := range arts {

@@ -475,8 +475,8 @@ func TestLintianFetchInputCategories(t *testing.T) {
 		input LintianInput
 		err   string
 	}{
-		{"binary as source", src(7), "input.source_artifact: artifact 7 is a debian:binary-package artifact; lintian accepts debian:source-package, debian:upload there"},
-		{"log as binary", LintianInput{BinaryArtifacts: []int64{7, 8}}, "input.binary_artifacts[1]: artifact 8 is a debian:package-build-log artifact; lintian accepts debian:binary-package, debian:binary-packages, debian:upload there"},
+		{"binary as source", src(7), "input.source_artifact: artifact 7 is a debian:binary-package artifact, not a debian:source-package or debian:upload"},
+		{"log as binary", LintianInput{BinaryArtifacts: []int64{7, 8}}, "input.binary_artifacts[1]: artifact 8 is a debian:package-build-log artifact, not a debian:binary-package or debian:binary-packages or debian:upload"},
 		{"source without a .dsc", src(9), "input.source_artifact: artifact 9 (debian:source-package) has no .dsc file to check"},
 		{"missing", LintianInput{BinaryArtifacts: []int64{70}}, "input.binary_artifacts[0]: artifact 70: not found"},
 	}

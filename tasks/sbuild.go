@@ -178,7 +178,8 @@ func (r *sbuildRun) cleanup(env Env) {
 // packages, and the environment tarball from the worker's cache.
 func (r *sbuildRun) FetchInput(ctx context.Context, env Env, dir string) ([]int64, error) {
 	a := env.Artifacts
-	src, err := getArtifact(ctx, a, "input.source_artifact", r.d.Input.SourceArtifact, debpkg.CategorySourcePackage)
+	ins := r.d.inputs()
+	src, err := getInput(ctx, a, ins[0])
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +196,7 @@ func (r *sbuildRun) FetchInput(ctx context.Context, env Env, dir string) ([]int6
 		return nil, err
 	}
 
-	envArt, err := getArtifact(ctx, a, "environment", r.d.Environment, debpkg.CategorySystemTarball)
+	envArt, err := getInput(ctx, a, ins[1])
 	if err != nil {
 		return nil, err
 	}
@@ -212,9 +213,9 @@ func (r *sbuildRun) FetchInput(ctx context.Context, env Env, dir string) ([]int6
 	}
 
 	ids := []int64{envArt.ID, src.ID}
-	for _, id := range r.d.Input.ExtraBinaryArtifacts {
-		art, err := getArtifact(ctx, a, "input.extra_binary_artifacts", id,
-			debpkg.CategoryBinaryPackage, debpkg.CategoryBinaryPackages, debpkg.CategoryUpload)
+	for _, in := range ins[2:] {
+		id := in.ID
+		art, err := getInput(ctx, a, in)
 		if err != nil {
 			return nil, err
 		}
@@ -233,16 +234,43 @@ func (r *sbuildRun) FetchInput(ctx context.Context, env Env, dir string) ([]int6
 	return ids, nil
 }
 
-// getArtifact fetches an input artifact and checks its category.
-func getArtifact(ctx context.Context, a Artifacts, field string, id int64, categories ...string) (schemas.Artifact, error) {
-	art, err := a.Get(ctx, id)
-	if err != nil {
-		return art, fmt.Errorf("%s: %w", field, err)
+// getInput fetches an input artifact and checks its category.
+func getInput(ctx context.Context, a Artifacts, in InputArtifact) (schemas.Artifact, error) {
+	art, err := a.Get(ctx, in.ID)
+	if err == nil {
+		err = in.CheckCategory(art.Category)
 	}
-	if !slices.Contains(categories, art.Category) {
-		return art, fmt.Errorf("%s: artifact %d is a %s, not a %s", field, id, art.Category, strings.Join(categories, " or "))
+	if err != nil {
+		return art, fmt.Errorf("%s: %w", in.Field(), err)
 	}
 	return art, nil
+}
+
+// Categories of the sbuild task's inputs.
+var (
+	sbuildSourceCategories      = []string{debpkg.CategorySourcePackage}
+	sbuildEnvironmentCategories = []string{debpkg.CategorySystemTarball}
+	sbuildExtraCategories       = []string{debpkg.CategoryBinaryPackage, debpkg.CategoryBinaryPackages, debpkg.CategoryUpload}
+)
+
+// InputArtifacts implements Inputs.
+func (Sbuild) InputArtifacts(data json.RawMessage) ([]InputArtifact, error) {
+	d, err := parseSbuildData(data)
+	if err != nil {
+		return nil, err
+	}
+	return d.inputs(), nil
+}
+
+func (d sbuildData) inputs() []InputArtifact {
+	ins := []InputArtifact{
+		{Pointer: "/input/source_artifact", ID: d.Input.SourceArtifact, Categories: sbuildSourceCategories},
+		{Pointer: "/environment", ID: d.Environment, Categories: sbuildEnvironmentCategories},
+	}
+	for i, id := range d.Input.ExtraBinaryArtifacts {
+		ins = append(ins, InputArtifact{Pointer: fmt.Sprintf("/input/extra_binary_artifacts/%d", i), ID: id, Categories: sbuildExtraCategories})
+	}
+	return ins
 }
 
 // dataString returns a string field of an artifact's data, or "".

@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -126,6 +127,50 @@ type NewArtifact struct {
 	// upload "extends" its binary packages, a package is "built-using" its
 	// source).
 	Relations []Relation
+}
+
+// InputArtifact is an artifact that a request's task data names as input.
+type InputArtifact struct {
+	// Pointer is the JSON pointer of the id in the task data, such as
+	// /input/source_artifact.
+	Pointer string
+	ID      int64
+	// Categories are the artifact categories the task accepts there.
+	Categories []string
+}
+
+// Field names the input for a user: input.source_artifact,
+// input.binary_artifacts[1].
+func (in InputArtifact) Field() string {
+	var b strings.Builder
+	for i, part := range strings.Split(strings.TrimPrefix(in.Pointer, "/"), "/") {
+		switch _, err := strconv.Atoi(part); {
+		case err == nil:
+			b.WriteString("[" + part + "]")
+		case i > 0:
+			b.WriteString("." + part)
+		default:
+			b.WriteString(part)
+		}
+	}
+	return b.String()
+}
+
+// CheckCategory says, in words for the user, when an artifact of category
+// cannot be this input.
+func (in InputArtifact) CheckCategory(category string) error {
+	if slices.Contains(in.Categories, category) {
+		return nil
+	}
+	return fmt.Errorf("artifact %d is a %s artifact, not a %s", in.ID, category, strings.Join(in.Categories, " or "))
+}
+
+// Inputs is implemented by tasks whose task data names input artifacts:
+// the server then refuses a request whose inputs do not exist or are of the
+// wrong category when it is submitted, not when a worker fails on it.
+type Inputs interface {
+	// InputArtifacts lists the artifacts that validated task data names.
+	InputArtifacts(data json.RawMessage) ([]InputArtifact, error)
 }
 
 // Relation is a typed link from a new artifact to an existing one.

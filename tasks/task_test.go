@@ -267,3 +267,11 @@ func TestErrCannotRunIsDistinct(t *testing.T) {
 	require.True(t, errors.Is(err, ErrCannotRun))
 	require.False(t, errors.Is(err, ErrUnknownTask))
 }
+
+func TestInputArtifact(t *testing.T) {
+	in := InputArtifact{Pointer: "/input/binary_artifacts/1", ID: 7, Categories: []string{"debian:binary-package", "debian:upload"}}
+	require.Equal(t, "input.binary_artifacts[1]", in.Field())
+	require.Equal(t, "environment", InputArtifact{Pointer: "/environment"}.Field())
+	require.NoError(t, in.CheckCategory("debian:upload"))
+	require.EqualError(t, in.CheckCategory("debian:lintian"), "artifact 7 is a debian:lintian artifact, not a debian:binary-package or debian:upload")
+}
