@@ -194,6 +194,8 @@ type Assignment struct {
 	WorkRequestID int64 `json:"work_request_id"`
 	Attempt       int   `json:"attempt"`
 	WorkerID      int64 `json:"worker_id"`
+	// Device is the device under test leased to the request, if any.
+	Device string `json:"device,omitempty"`
 }
 
 // Heartbeat is what a worker publishes periodically.

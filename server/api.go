@@ -67,6 +67,10 @@ func (s *Server) Handler() http.Handler {
 			r.Post("/work-request/{id}/killed/", s.killedWorkRequest)
 		})
 		s.artifactRoutes(r)
+
+		// Devices under test (Kiln): PUT worker/devices/, GET device/,
+		// GET device/{name}/, POST device/{name}/health/ (server/devices.go).
+		s.deviceRoutes(r)
 	})
 	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
 		problem(w, http.StatusNotFound, "Error", "no such endpoint")

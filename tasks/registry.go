@@ -64,6 +64,7 @@ func Default() *Registry {
 	r.MustRegister(Mmdebstrap{})
 	r.MustRegister(Sbuild{})
 	r.MustRegister(Lintian{})
+	r.MustRegister(DUTTest{})
 	return r
 }
 

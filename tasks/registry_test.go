@@ -60,7 +60,7 @@ func TestRegistryRegister(t *testing.T) {
 
 func TestDefaultRegistry(t *testing.T) {
 	r := Default()
-	require.Equal(t, []string{"lintian", "mmdebstrap", "noop", "sbuild"}, r.Names())
+	require.Equal(t, []string{"dut-test", "lintian", "mmdebstrap", "noop", "sbuild"}, r.Names())
 	n, err := r.Get("noop")
 	require.NoError(t, err)
 	require.IsType(t, Noop{}, n)

@@ -82,6 +82,9 @@ type Env struct {
 	Artifacts Artifacts
 	// Host is the worker's configuration for tasks that run host programs.
 	Host Host
+	// Device is the device under test leased to this run, for tasks that
+	// need one (nil otherwise).
+	Device *Device
 }
 
 // Host is what a worker's administrator configures for tasks that build

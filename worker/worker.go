@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -77,6 +78,9 @@ type Config struct {
 	// CacheMaxBytes caps the cache; the least recently used files go first
 	// (default 20 GiB).
 	CacheMaxBytes int64
+	// DevicesFile, when set, is the YAML file of the devices under test
+	// this (lab) worker controls (see tasks.DeviceFile).
+	DevicesFile string
 }
 
 func (c *Config) setDefaults() error {
@@ -138,6 +142,8 @@ type Worker struct {
 	runs   map[int64]context.CancelCauseFunc
 	wg     sync.WaitGroup
 	cache  *cache.Cache
+	// devices are the devices under test of this worker, by name.
+	devices map[string]tasks.Device
 }
 
 // ErrAborted is the cancellation cause of a run aborted through the API.
@@ -154,6 +160,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("worker cache: %w", err)
 	}
 	w.cache = c
+	w.devices = map[string]tasks.Device{}
+	if cfg.DevicesFile != "" {
+		devs, err := tasks.LoadDevices(cfg.DevicesFile)
+		if err != nil {
+			return err
+		}
+		for _, d := range devs {
+			w.devices[d.Name] = d
+		}
+	}
 	token, err := w.ensureToken()
 	if err != nil {
 		return err
@@ -238,6 +254,13 @@ func (w *Worker) connect(ctx context.Context) error {
 	if err := w.retry(ctx, "report metadata", func() error { return w.sendMetadata(ctx) }); err != nil {
 		return err
 	}
+	decl := []schemas.DeviceDeclaration{}
+	for _, d := range w.devices {
+		decl = append(decl, d.Declaration())
+	}
+	if err := w.retry(ctx, "declare devices", func() error { return w.api.DeclareDevices(ctx, decl) }); err != nil {
+		return err
+	}
 	err := w.retry(ctx, "fetch worker config", func() error {
 		c, err := w.api.WorkerConfig(ctx)
 		if err == nil {
@@ -290,6 +313,16 @@ func (w *Worker) sendMetadata(ctx context.Context) error {
 		md[k] = v
 	}
 	md["kiln:concurrency"] = w.cfg.Concurrency
+	if len(w.devices) > 0 {
+		var types []string
+		for _, d := range w.devices {
+			if !slices.Contains(types, d.Type) {
+				types = append(types, d.Type)
+			}
+		}
+		slices.Sort(types)
+		md[tasks.KeyDeviceTypes] = types
+	}
 	// Whether runs get a cgroup of their own (so that even processes that
 	// leave the process group die with the run): a lab can require it.
 	cg, _ := runner.CgroupSupport(w.cfg.CgroupParent)
@@ -463,7 +496,7 @@ func (w *Worker) take(ctx context.Context, msg jetstream.Msg) {
 			w.runsMu.Unlock()
 			cancel(nil)
 		}()
-		w.execute(runCtx, ctx, wr, log)
+		w.execute(runCtx, ctx, wr, a.Device, log)
 		if errors.Is(context.Cause(runCtx), ErrAborted) {
 			// Everything the run started is gone once execute returns:
 			// say so, so that the server frees this slot.
@@ -474,7 +507,7 @@ func (w *Worker) take(ctx context.Context, msg jetstream.Msg) {
 
 // execute runs one work request and reports its result. runCtx ends on
 // abort; ctx on shutdown.
-func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, log zerolog.Logger) {
+func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, device string, log zerolog.Logger) {
 	log = log.With().Str("task", wr.TaskName).Logger()
 	tailBuf := newTail(64 << 10)
 	live := newLiveLog(w.js, w.names.LogSubject(wr.ID), wr.ID, wr.Attempt, w.cfg.LiveLogMax, log)
@@ -495,6 +528,15 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, lo
 			}()
 		}
 	}
+	var dev *tasks.Device
+	if err == nil && device != "" {
+		if d, ok := w.devices[device]; ok {
+			dev = &d
+			log = log.With().Str("device", device).Logger()
+		} else {
+			err = fmt.Errorf("%w: the server leased device %s, which this worker does not control", tasks.ErrInfrastructure, device)
+		}
+	}
 	if err != nil {
 		fmt.Fprintf(out, "cannot run: %v\n", err)
 		err = fmt.Errorf("cannot run: %w", err)
@@ -503,7 +545,7 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, lo
 		result, err = task.Execute(runCtx, wr.TaskData, tasks.Env{
 			WorkRequestID: wr.ID, Attempt: wr.Attempt, Output: out, Logger: log,
 			WorkDir: workDir, Grace: w.cfg.Grace, CgroupParent: w.cfg.CgroupParent, Artifacts: w.artifacts(wr),
-			Host: w.host(),
+			Host: w.host(), Device: dev,
 		})
 		if err != nil {
 			fmt.Fprintf(out, "error: %v\n", err)

@@ -178,6 +178,9 @@ usage, 3 any other error.`,
 		a.downloadArtifactCommand(),
 		a.showArtifactRelationsCommand(),
 		a.importDebianArtifactCommand(),
+		a.listDevicesCommand(),
+		a.showDeviceCommand(),
+		a.manageDeviceCommand(),
 	)
 	return root
 }

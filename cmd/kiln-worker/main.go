@@ -64,6 +64,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&cfg.ScratchDir, "scratch-dir", "", "directory for build trees and unpacked build environments, reachable by the build user; a tmpfs makes builds faster (default: $TMPDIR or /tmp)")
 	f.StringVar(&cfg.CacheDir, "cache-dir", "", "cache of build environment tarballs and other shared inputs, by SHA-256, readable by the build user (default: cache/ next to the work directory)")
 	f.Int64Var(&cfg.CacheMaxBytes, "cache-max-bytes", 20<<30, "size cap of the cache; least recently used files are evicted first")
+	f.StringVar(&cfg.DevicesFile, "devices-file", "", "YAML file of the devices under test this lab worker controls (see docs/lab.md)")
 	f.Int64Var(&cfg.LiveLogMax, "live-log-max", 64<<20, "bytes of a run's output streamed as its live log; the rest is only in its debug logs")
 	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")

@@ -168,6 +168,11 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 	start := time.Now()
 	defer func() { s.passes.Observe(time.Since(start).Seconds()) }()
 
+	if n, err := s.st.ReconcileDeviceLeases(ctx); err != nil {
+		return 0, err
+	} else if n > 0 {
+		s.log.Debug().Int("devices", n).Msg("device leases released")
+	}
 	shapes, err := s.st.PendingShapes(ctx)
 	if err != nil {
 		return 0, err
@@ -203,6 +208,10 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 
 	reasons := map[string]string{}
 	eligible := map[string][]*candidate{}
+	// matches holds what the shapes that need a device need; devs is the
+	// pass's view of the devices, loaded when a shape needs one.
+	matches := map[string]*tasks.DeviceMatch{}
+	var devs *devicePool
 	var items []store.QueueItem
 	for _, sh := range shapes {
 		sr, err := s.requirements(ctx, sh)
@@ -224,13 +233,29 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 			reasons[sh.Shape] = noWorkerReason(enabled, refusals)
 			continue
 		}
-		eligible[sh.Shape] = elig
-		free := 0
-		for _, c := range elig {
-			free += max(c.free, 0)
+		var free int
+		if needs, ok := sr.task.(tasks.DeviceNeeds); ok {
+			if devs == nil {
+				if devs, err = loadDevices(ctx, s.st); err != nil {
+					return 0, err
+				}
+			}
+			match := needs.NeedsDevice(sr.req)
+			var why string
+			elig, free, why = devs.eligible(match, elig)
+			if len(elig) == 0 {
+				reasons[sh.Shape] = why
+				continue
+			}
+			matches[sh.Shape] = &match
+		} else {
+			for _, c := range elig {
+				free += max(c.free, 0)
+			}
 		}
+		eligible[sh.Shape] = elig
 		if free == 0 {
-			reasons[sh.Shape] = busyReason(elig)
+			reasons[sh.Shape] = devs.busyReason(matches[sh.Shape], elig)
 			continue
 		}
 		q, err := s.st.Queue(ctx, sh.Shape, int(min(int64(free), sh.Count)))
@@ -253,11 +278,21 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 	var msgs []store.Message
 	assigned := map[string]int64{}
 	for _, it := range items {
-		c := pick(eligible[it.Shape])
+		var c *candidate
+		var dev *poolDevice
+		if m := matches[it.Shape]; m != nil {
+			c, dev = devs.pick(*m, eligible[it.Shape])
+		} else {
+			c = pick(eligible[it.Shape])
+		}
 		if c == nil {
 			continue
 		}
-		msg, err := s.assign(ctx, it, c)
+		msg, err := s.assign(ctx, it, c, dev)
+		if dev != nil {
+			// Taken by this request, or by something else meanwhile.
+			dev.taken = true
+		}
 		if errors.Is(err, store.ErrConflict) {
 			// The worker filled up behind our back (a manual change, a
 			// request that went away): look again on the next pass.
@@ -276,7 +311,7 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 	s.publish(ctx, msgs)
 	for _, sh := range shapes {
 		if _, ok := reasons[sh.Shape]; !ok && assigned[sh.Shape] < sh.Count {
-			reasons[sh.Shape] = busyReason(eligible[sh.Shape])
+			reasons[sh.Shape] = devs.busyReason(matches[sh.Shape], eligible[sh.Shape])
 		}
 	}
 	if err := s.st.SetWaitingReasons(ctx, reasons); err != nil {
@@ -308,8 +343,12 @@ func pick(cs []*candidate) *candidate {
 	return best
 }
 
-func (s *Scheduler) assign(ctx context.Context, it store.QueueItem, c *candidate) (store.Message, error) {
-	payload, err := json.Marshal(schemas.Assignment{WorkRequestID: it.ID, Attempt: it.Attempt, WorkerID: c.w.ID})
+func (s *Scheduler) assign(ctx context.Context, it store.QueueItem, c *candidate, dev *poolDevice) (store.Message, error) {
+	a := schemas.Assignment{WorkRequestID: it.ID, Attempt: it.Attempt, WorkerID: c.w.ID}
+	if dev != nil {
+		a.Device = dev.d.Name
+	}
+	payload, err := json.Marshal(a)
 	if err != nil {
 		return store.Message{}, err
 	}
@@ -322,9 +361,14 @@ func (s *Scheduler) assign(ctx context.Context, it store.QueueItem, c *candidate
 		MsgID:   fmt.Sprintf("assign-%d-%d-%d-%s", it.ID, it.Attempt, c.w.ID, nonce()),
 		Payload: string(payload),
 	}
-	m, err := s.st.Assign(ctx, it.ID, it.Attempt, c.w.ID, c.w.EffectiveConcurrency(), msg)
+	var m store.Message
+	if dev != nil {
+		m, err = s.st.AssignDevice(ctx, it.ID, it.Attempt, c.w.ID, c.w.EffectiveConcurrency(), dev.d.ID, msg)
+	} else {
+		m, err = s.st.Assign(ctx, it.ID, it.Attempt, c.w.ID, c.w.EffectiveConcurrency(), msg)
+	}
 	if err == nil {
-		s.log.Debug().Int64("work_request", it.ID).Str("worker", c.w.Name).Msg("assigned")
+		s.log.Debug().Int64("work_request", it.ID).Str("worker", c.w.Name).Str("device", a.Device).Msg("assigned")
 	}
 	return m, err
 }

@@ -1,5 +1,6 @@
 // Package store is Kiln's system of record: users, tokens, workers, work
-// requests, waiting reasons and the dispatch outbox, in PostgreSQL or SQLite
+// requests, waiting reasons, the dispatch outbox, artifacts, and devices
+// under test with their leases and history, in PostgreSQL or SQLite
 // behind one set of methods. SQL is written once with ? placeholders and
 // rebound for PostgreSQL; the few real differences sit in dialect. Schema
 // changes are embedded goose migrations, one directory per dialect with the

@@ -69,42 +69,45 @@ type Message struct {
 // limit active requests, and records msg in the outbox in the same
 // transaction. ErrConflict when either condition fails.
 func (s *Store) Assign(ctx context.Context, id int64, attempt int, workerID int64, limit int, msg Message) (Message, error) {
-	err := s.tx(ctx, func(tx *sqlx.Tx) error {
-		// Lock the worker row first (PostgreSQL row lock; SQLite's write
-		// lock), so that two assignments to one worker cannot both count
-		// the same free slot.
-		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE workers SET id = id WHERE id = ?`), workerID)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("worker %d: %w", workerID, ErrNotFound)
-		}
-		var active int
-		if err := tx.GetContext(ctx, &active, tx.Rebind(`SELECT COUNT(*) FROM work_requests
-			WHERE worker_id = ? AND (status IN ('pending', 'running') OR kill_pending)`), workerID); err != nil {
-			return err
-		}
-		if active >= limit {
-			return fmt.Errorf("worker %d has %d of %d slots taken: %w", workerID, active, limit, ErrConflict)
-		}
-		t := now()
-		res, err = tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET worker_id = ?, assigned_at = ?
-			WHERE id = ? AND attempt = ? AND status = 'pending' AND worker_id IS NULL`), workerID, t, id, attempt)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("work request %d is no longer waiting: %w", id, ErrConflict)
-		}
-		msg.CreatedAt = t
-		return tx.GetContext(ctx, &msg.ID, tx.Rebind(`INSERT INTO outbox (subject, msg_id, payload, created_at)
-			VALUES (?, ?, ?, ?) RETURNING id`), msg.Subject, msg.MsgID, msg.Payload, t)
-	})
+	err := s.tx(ctx, func(tx *sqlx.Tx) error { return assignTx(ctx, tx, id, attempt, workerID, limit, &msg) })
 	if err != nil {
 		return Message{}, fmt.Errorf("assign work request %d to worker %d: %w", id, workerID, err)
 	}
 	return msg, nil
+}
+
+// assignTx is Assign inside a transaction.
+func assignTx(ctx context.Context, tx *sqlx.Tx, id int64, attempt int, workerID int64, limit int, msg *Message) error {
+	// Lock the worker row first (PostgreSQL row lock; SQLite's write
+	// lock), so that two assignments to one worker cannot both count
+	// the same free slot.
+	res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE workers SET id = id WHERE id = ?`), workerID)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("worker %d: %w", workerID, ErrNotFound)
+	}
+	var active int
+	if err := tx.GetContext(ctx, &active, tx.Rebind(`SELECT COUNT(*) FROM work_requests
+		WHERE worker_id = ? AND (status IN ('pending', 'running') OR kill_pending)`), workerID); err != nil {
+		return err
+	}
+	if active >= limit {
+		return fmt.Errorf("worker %d has %d of %d slots taken: %w", workerID, active, limit, ErrConflict)
+	}
+	t := now()
+	res, err = tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET worker_id = ?, assigned_at = ?
+		WHERE id = ? AND attempt = ? AND status = 'pending' AND worker_id IS NULL`), workerID, t, id, attempt)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("work request %d is no longer waiting: %w", id, ErrConflict)
+	}
+	msg.CreatedAt = t
+	return tx.GetContext(ctx, &msg.ID, tx.Rebind(`INSERT INTO outbox (subject, msg_id, payload, created_at)
+		VALUES (?, ?, ?, ?) RETURNING id`), msg.Subject, msg.MsgID, msg.Payload, t)
 }
 
 // Enqueue records a message in the outbox on its own (an abort, say).

@@ -1,0 +1,125 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// UsableHealth is the SQL list of device healths the scheduler may lease:
+// a device of unknown health is used (and checked by its jobs' verify).
+const usableHealth = `('good', 'unknown')`
+
+// AssignDevice is Assign that also leases device deviceID to the request,
+// in the same transaction: the device must belong to the worker, be
+// declared, idle, unleased and of usable health, else ErrConflict. A
+// device is never leased to two requests: the lease is a conditional
+// update of the device's row.
+func (s *Store) AssignDevice(ctx context.Context, id int64, attempt int, workerID int64, limit int, deviceID int64, msg Message) (Message, error) {
+	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		if err := assignTx(ctx, tx, id, attempt, workerID, limit, &msg); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE devices SET state = 'reserved', lease_work_request_id = ?, updated_at = ?
+			WHERE id = ? AND worker_id = ? AND declared AND state = 'idle' AND lease_work_request_id IS NULL
+			AND health IN `+usableHealth), id, now(), deviceID, workerID)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("device %d is not free: %w", deviceID, ErrConflict)
+		}
+		return recordDeviceEvent(ctx, tx, deviceID, DeviceEventState, "idle", "reserved", fmt.Sprintf("leased to work request %d", id), &id)
+	})
+	if err != nil {
+		return Message{}, fmt.Errorf("assign work request %d to worker %d with device %d: %w", id, workerID, deviceID, err)
+	}
+	return msg, nil
+}
+
+// DeviceOf returns the name of the device leased to a work request, or "".
+func (s *Store) DeviceOf(ctx context.Context, workRequestID int64) (string, error) {
+	var names []string
+	if err := s.r.SelectContext(ctx, &names, s.rebind(`SELECT name FROM devices WHERE lease_work_request_id = ?`), workRequestID); err != nil {
+		return "", fmt.Errorf("device of work request %d: %w", workRequestID, err)
+	}
+	if len(names) == 0 {
+		return "", nil
+	}
+	return names[0], nil
+}
+
+type leaseRow struct {
+	DeviceID  int64  `db:"device_id"`
+	State     string `db:"state"`
+	RequestID int64  `db:"wr_id"`
+	Status    string `db:"status"`
+	Started   bool   `db:"started"`
+	Free      bool   `db:"free"`
+}
+
+// ReconcileDeviceLeases moves leased devices along with their requests:
+// reserved -> running once the request runs, and back to idle once nothing
+// of it runs any more (completed or aborted with no kill pending, or
+// withdrawn from its worker). A device that ran a job comes back dirty and
+// counts the job. It returns how many devices it released. Doing this in
+// one place, from the database, also repairs leases after a crash.
+func (s *Store) ReconcileDeviceLeases(ctx context.Context) (int, error) {
+	var rows []leaseRow
+	err := s.r.SelectContext(ctx, &rows, `SELECT devices.id AS device_id, devices.state, work_requests.id AS wr_id,
+		work_requests.status, work_requests.started_at IS NOT NULL AS started,
+		((work_requests.status IN ('completed', 'aborted') AND NOT work_requests.kill_pending)
+		  OR (work_requests.status = 'pending' AND work_requests.worker_id IS NULL)) AS free
+		FROM devices JOIN work_requests ON work_requests.id = devices.lease_work_request_id`)
+	if err != nil {
+		return 0, fmt.Errorf("device leases: %w", err)
+	}
+	released := 0
+	for _, r := range rows {
+		if !r.Free && !(r.State == "reserved" && r.Status == "running") {
+			continue
+		}
+		err := s.tx(ctx, func(tx *sqlx.Tx) error {
+			wr := r.RequestID
+			if !r.Free {
+				res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE devices SET state = 'running', updated_at = ?
+					WHERE id = ? AND lease_work_request_id = ? AND state = 'reserved'`), now(), r.DeviceID, wr)
+				if n, _ := rowsAffected(res, err); n == 0 {
+					return err
+				}
+				return recordDeviceEvent(ctx, tx, r.DeviceID, DeviceEventState, "reserved", "running", fmt.Sprintf("work request %d started", wr), &wr)
+			}
+			jobs := 0
+			if r.Started {
+				jobs = 1
+			}
+			res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE devices SET state = 'idle', lease_work_request_id = NULL,
+				dirty = dirty OR ?, jobs_since_health_check = jobs_since_health_check + ?, updated_at = ?
+				WHERE id = ? AND lease_work_request_id = ?`), r.Started, jobs, now(), r.DeviceID, wr)
+			if n, _ := rowsAffected(res, err); n == 0 {
+				return err
+			}
+			released++
+			reason := fmt.Sprintf("released: work request %d is %s", wr, r.Status)
+			if err := recordDeviceEvent(ctx, tx, r.DeviceID, DeviceEventState, r.State, "idle", reason, &wr); err != nil {
+				return err
+			}
+			if r.Started {
+				return recordDeviceEvent(ctx, tx, r.DeviceID, DeviceEventDirty, "false", "true", fmt.Sprintf("work request %d used it", wr), &wr)
+			}
+			return nil
+		})
+		if err != nil {
+			return released, fmt.Errorf("device %d: %w", r.DeviceID, err)
+		}
+	}
+	return released, nil
+}
+
+func rowsAffected(res interface{ RowsAffected() (int64, error) }, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}

@@ -1,0 +1,82 @@
+package store
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/kiln-ci/kiln/schemas"
+)
+
+func TestDeviceLeases(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, st *Store) {
+		ctx := t.Context()
+		w := newWorker(t, st, "lab")
+		require.NoError(t, st.UpsertDevices(ctx, w.ID, []schemas.DeviceDeclaration{{Name: "dut-1", DeviceType: "board"}}))
+		dev, err := st.DeviceByName(ctx, "dut-1")
+		require.NoError(t, err)
+		first, second := newWR(t, st, wrOpts{task: "dut-test"}), newWR(t, st, wrOpts{task: "dut-test"})
+
+		_, err = st.AssignDevice(ctx, first.ID, first.Attempt, w.ID, 10, dev.ID, assignMsg(first))
+		require.NoError(t, err)
+		_, err = st.AssignDevice(ctx, second.ID, second.Attempt, w.ID, 10, dev.ID, assignMsg(second))
+		require.ErrorIs(t, err, ErrConflict, "one device, one lease")
+		got, err := st.WorkRequest(ctx, second.ID)
+		require.NoError(t, err)
+		require.False(t, got.WorkerID.Valid, "the refused assignment left no trace")
+		name, err := st.DeviceOf(ctx, first.ID)
+		require.NoError(t, err)
+		require.Equal(t, "dut-1", name)
+
+		// reserved -> running -> idle and dirty, one job counted.
+		start(t, st, first, w)
+		_, err = st.ReconcileDeviceLeases(ctx)
+		require.NoError(t, err)
+		dev, _ = st.DeviceByName(ctx, "dut-1")
+		require.Equal(t, "running", dev.State)
+		_, err = st.Complete(ctx, first.ID, w.ID, first.Attempt, Completion{Result: "success"})
+		require.NoError(t, err)
+		n, err := st.ReconcileDeviceLeases(ctx)
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+		dev, _ = st.DeviceByName(ctx, "dut-1")
+		require.Equal(t, "idle", dev.State)
+		require.False(t, dev.LeaseWorkRequestID.Valid)
+		require.True(t, dev.Dirty)
+		require.Equal(t, 1, dev.JobsSinceHealthCheck)
+
+		// An aborted running request keeps its device until the kill is
+		// confirmed.
+		_, err = st.AssignDevice(ctx, second.ID, second.Attempt, w.ID, 10, dev.ID, assignMsg(second))
+		require.NoError(t, err)
+		start(t, st, second, w)
+		_, err = st.ReconcileDeviceLeases(ctx)
+		require.NoError(t, err)
+		_, err = st.Abort(ctx, second.ID, 0, time.Now().Add(time.Minute))
+		require.NoError(t, err)
+		n, err = st.ReconcileDeviceLeases(ctx)
+		require.NoError(t, err)
+		require.Zero(t, n, "the run may still be on the device")
+		require.NoError(t, st.ConfirmKill(ctx, second.ID, w.ID, second.Attempt))
+		n, err = st.ReconcileDeviceLeases(ctx)
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+
+		// A device out of service is not leased.
+		_, err = st.SetDeviceHealth(ctx, "dut-1", schemas.HealthMaintenance, "test")
+		require.NoError(t, err)
+		third := newWR(t, st, wrOpts{task: "dut-test"})
+		_, err = st.AssignDevice(ctx, third.ID, third.Attempt, w.ID, 10, dev.ID, assignMsg(third))
+		require.ErrorIs(t, err, ErrConflict)
+
+		events, err := st.DeviceEvents(ctx, dev.ID, 0)
+		require.NoError(t, err)
+		var seq []string
+		for i := len(events) - 1; i >= 0; i-- {
+			seq = append(seq, events[i].Kind+":"+events[i].To)
+		}
+		require.Equal(t, []string{"state:reserved", "state:running", "state:idle", "dirty:true",
+			"state:reserved", "state:running", "state:idle", "dirty:true", "health:maintenance"}, seq)
+	})
+}
