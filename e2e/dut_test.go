@@ -25,12 +25,23 @@ import (
 // each declared with type "board", and waits until the server lists them.
 func (b *bundle) labWorker(name string, concurrency int, duts ...*labtest.DUT) *testWorker {
 	b.t.Helper()
+	return b.labWorkerWith(name, concurrency, nil, duts...)
+}
+
+// labWorkerWith is labWorker with a chance to change each device's
+// declaration (its power commands, say).
+func (b *bundle) labWorkerWith(name string, concurrency int, edit func(*tasks.Device), duts ...*labtest.DUT) *testWorker {
+	b.t.Helper()
 	var f tasks.DeviceFile
 	for _, d := range duts {
 		on, off, reset := d.PowerCommands()
-		f.Devices = append(f.Devices, tasks.Device{Name: d.Name, Type: "board", Labels: map[string]string{"lab": "e2e"},
+		dev := tasks.Device{Name: d.Name, Type: "board", Labels: map[string]string{"lab": "e2e"},
 			SSH:   &tasks.DeviceSSH{Host: d.Host, Port: d.Port, User: d.User, KeyFile: d.KeyFile, KnownHostKey: d.KnownHostKey},
-			Power: tasks.DevicePower{On: on, Off: off, Reset: reset}})
+			Power: tasks.DevicePower{On: on, Off: off, Reset: reset}}
+		if edit != nil {
+			edit(&dev)
+		}
+		f.Devices = append(f.Devices, dev)
 	}
 	data, err := yaml.Marshal(f)
 	require.NoError(b.t, err)
@@ -238,5 +249,41 @@ func TestDUTAbortKillsTheRemoteTest(t *testing.T) {
 		}
 		require.Contains(t, kinds, "state:running")
 		require.Contains(t, kinds, "state:idle")
+	})
+}
+
+func TestDUTInfrastructureErrorRetriesOnAnotherDevice(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b *bundle) {
+		// "broken" sorts first, so the first request gets it.
+		broken, good := labtest.New(t, "broken"), labtest.New(t, "good")
+		require.NoError(t, broken.PowerOff())
+		b.labWorkerWith("lab", 2, func(d *tasks.Device) {
+			if d.Name == broken.Name {
+				d.Power.On, d.Power.Reset = "echo the PDU does not answer >&2; exit 1", ""
+			}
+		}, broken, good)
+
+		first := b.wait(b.create(b.user, "dut-test", dutData(t, map[string]any{"script": "echo ran on the device"})).ID)
+		require.Equal(t, schemas.ResultError, first.Result, "output: %s", first.Output)
+		require.Equal(t, schemas.ErrorInfrastructure, first.ErrorType, "an infrastructure error is not a test failure")
+		require.Contains(t, first.Reason, "the PDU does not answer")
+		require.NotNil(t, first.SupersededBy, "retried automatically")
+
+		retry := b.wait(*first.SupersededBy)
+		require.Equal(t, schemas.ResultSuccess, retry.Result, "output: %s", retry.Output)
+		require.Contains(t, retry.Output, "ran on the device")
+		d := b.device(broken.Name)
+		require.Equal(t, schemas.HealthBad, d.Health, "the broken device is out of service")
+		var ranOn []int64
+		for _, e := range b.device(good.Name).History {
+			if e.WorkRequest != nil {
+				ranOn = append(ranOn, *e.WorkRequest)
+			}
+		}
+		require.Contains(t, ranOn, retry.ID, "the retry ran on the other device")
+
+		// Requests keep going to the good device.
+		next := b.wait(b.create(b.user, "dut-test", dutData(t, map[string]any{"script": "true"})).ID)
+		require.Equal(t, schemas.ResultSuccess, next.Result)
 	})
 }

@@ -80,6 +80,9 @@ type WorkRequest struct {
 	// Reason says why a request ended as it did when its result alone does
 	// not (for example "timeout").
 	Reason string `json:"reason"`
+	// ErrorType is "infrastructure" for an error of the lab, not of the
+	// task (see WorkRequestCompleted), "" otherwise.
+	ErrorType string `json:"error_type"`
 	// KillPending: aborted or timed out while running, and its worker has
 	// not confirmed yet that everything it ran is gone.
 	KillPending bool `json:"kill_pending"`
@@ -135,7 +138,15 @@ type WorkRequestCompleted struct {
 	// understands (a build's dependency problem, an input that could not be
 	// fetched); at most 1 KiB is kept.
 	Reason string `json:"reason,omitempty"`
+	// ErrorType (Kiln) classifies an error result: "infrastructure" when
+	// the lab failed (a device that does not answer, a power command that
+	// failed), not the test; the server then takes the device out of
+	// service and retries the request on another one.
+	ErrorType string `json:"error_type,omitempty"`
 }
+
+// ErrorInfrastructure is the error_type of errors of the lab, not the task.
+const ErrorInfrastructure = "infrastructure"
 
 // WorkRequestKilled is the body of POST /api/1.0/work-request/ID/killed/
 // (Kiln): the worker confirms that nothing of that attempt runs any more.

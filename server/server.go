@@ -74,6 +74,10 @@ type Config struct {
 	// the worker is flagged (default 2m: above the worker's grace period and
 	// finalize step).
 	KillConfirmTimeout time.Duration
+	// InfrastructureRetries is how many times a request that failed for
+	// the lab's sake (error_type infrastructure) is retried automatically,
+	// on another device (default 2; negative: never).
+	InfrastructureRetries int
 	// LogMaxBytes caps the live-log stream; the oldest chunks go first
 	// (default 1 GiB).
 	LogMaxBytes int64
@@ -112,6 +116,8 @@ const (
 	DefaultSchedulerSweep     = 10 * time.Second
 	DefaultTaskTimeout        = 24 * time.Hour
 	DefaultKillConfirmTimeout = 2 * time.Minute
+	// DefaultInfrastructureRetries is Config.InfrastructureRetries' default.
+	DefaultInfrastructureRetries = 2
 )
 
 // Defaults of the artifact settings in Config.
@@ -153,6 +159,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.KillConfirmTimeout <= 0 {
 		c.KillConfirmTimeout = DefaultKillConfirmTimeout
+	}
+	if c.InfrastructureRetries == 0 {
+		c.InfrastructureRetries = DefaultInfrastructureRetries
 	}
 	if c.LogMaxBytes <= 0 {
 		c.LogMaxBytes = 1 << 30

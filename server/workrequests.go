@@ -60,6 +60,7 @@ func (s *Server) toWire(wr store.WorkRequest) schemas.WorkRequest {
 		Attempt:            wr.Attempt,
 		Output:             wr.Output,
 		Reason:             wr.Reason,
+		ErrorType:          wr.ErrorType,
 		KillPending:        wr.KillPending,
 		TimeoutSeconds:     wr.TimeoutSeconds,
 	}

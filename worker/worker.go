@@ -567,6 +567,9 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, de
 	report := schemas.WorkRequestCompleted{Result: result, Attempt: wr.Attempt, Output: tailBuf.String()}
 	if result == schemas.ResultError && err != nil {
 		report.Reason = err.Error()
+		if errors.Is(err, tasks.ErrInfrastructure) {
+			report.ErrorType = schemas.ErrorInfrastructure
+		}
 	}
 	err = w.retry(ctx, "report result", func() error {
 		err := w.api.CompleteWorkRequest(ctx, wr.ID, report)

@@ -75,6 +75,7 @@ func newCommand() *cobra.Command {
 	f.DurationVar(&cfg.SchedulerSweep, "scheduler-sweep", server.DefaultSchedulerSweep, "period of the scheduler's safety-net pass")
 	f.DurationVar(&cfg.TaskTimeout, "task-timeout", server.DefaultTaskTimeout, "run-time limit of requests whose task data sets no timeout")
 	f.Var(&durationMap{m: &cfg.TaskTimeouts}, "task-timeouts", "per-task run-time limits, e.g. noop=1h,sbuild=12h")
+	f.IntVar(&cfg.InfrastructureRetries, "infrastructure-retries", server.DefaultInfrastructureRetries, "automatic retries, on another device, of a request that ended in an infrastructure error (-1: none)")
 	f.DurationVar(&cfg.KillConfirmTimeout, "kill-confirm-timeout", server.DefaultKillConfirmTimeout, "how long a worker has to confirm that an aborted run is gone before it is flagged")
 	f.Int64Var(&cfg.LogMaxBytes, "log-max-bytes", 1<<30, "size cap of the live-log stream (oldest chunks go first)")
 	f.DurationVar(&cfg.LogMaxAge, "log-max-age", 7*24*time.Hour, "how long live logs are kept")

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 
 	"github.com/jmoiron/sqlx"
@@ -122,4 +123,31 @@ func rowsAffected(res interface{ RowsAffected() (int64, error) }, err error) (in
 		return 0, err
 	}
 	return res.RowsAffected()
+}
+
+// InfrastructureRetries counts the requests that request id retried
+// automatically after an infrastructure error: its predecessors, following
+// supersedes, that ended with error_type infrastructure.
+func (s *Store) InfrastructureRetries(ctx context.Context, id int64) (int, error) {
+	n := 0
+	for {
+		var prev struct {
+			Supersedes sql.NullInt64 `db:"supersedes"`
+		}
+		if err := s.r.GetContext(ctx, &prev, s.rebind(`SELECT supersedes FROM work_requests WHERE id = ?`), id); err != nil {
+			return n, fmt.Errorf("infrastructure retries of %d: %w", id, err)
+		}
+		if !prev.Supersedes.Valid {
+			return n, nil
+		}
+		var errorType string
+		if err := s.r.GetContext(ctx, &errorType, s.rebind(`SELECT error_type FROM work_requests WHERE id = ?`), prev.Supersedes.Int64); err != nil {
+			return n, fmt.Errorf("infrastructure retries of %d: %w", id, err)
+		}
+		if errorType != "infrastructure" {
+			return n, nil
+		}
+		n++
+		id = prev.Supersedes.Int64
+	}
 }

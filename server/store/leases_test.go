@@ -80,3 +80,34 @@ func TestDeviceLeases(t *testing.T) {
 			"state:reserved", "state:running", "state:idle", "dirty:true", "health:maintenance"}, seq)
 	})
 }
+
+func TestInfrastructureRetries(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, st *Store) {
+		ctx := t.Context()
+		w := newWorker(t, st, "lab")
+		wr := newWR(t, st, wrOpts{task: "dut-test"})
+		for i := range 3 {
+			n, err := st.InfrastructureRetries(ctx, wr.ID)
+			require.NoError(t, err)
+			require.Equal(t, i, n)
+			assign(t, st, wr, w)
+			start(t, st, wr, w)
+			got, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: "error", Reason: "infrastructure: no answer",
+				ErrorType: "infrastructure"})
+			require.NoError(t, err)
+			require.Equal(t, "infrastructure", got.ErrorType)
+			wr, err = st.Retry(ctx, wr.ID, 0)
+			require.NoError(t, err)
+		}
+		// A retry by hand of a request that failed otherwise ends the chain.
+		assign(t, st, wr, w)
+		start(t, st, wr, w)
+		_, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: "error", Reason: "crash"})
+		require.NoError(t, err)
+		wr, err = st.Retry(ctx, wr.ID, 0)
+		require.NoError(t, err)
+		n, err := st.InfrastructureRetries(ctx, wr.ID)
+		require.NoError(t, err)
+		require.Zero(t, n)
+	})
+}

@@ -37,6 +37,7 @@ type WorkRequest struct {
 	Shape              string         `db:"shape"`
 	Output             string         `db:"output"`
 	Reason             string         `db:"reason"`
+	ErrorType          string         `db:"error_type"`
 	TimeoutSeconds     int            `db:"timeout_seconds"`
 	DeadlineAt         sql.NullTime   `db:"deadline_at"`
 	KillPending        bool           `db:"kill_pending"`
@@ -304,6 +305,9 @@ type Completion struct {
 	Output string
 	// Reason says why the run ended in error ("" for none).
 	Reason string
+	// ErrorType classifies an error: "infrastructure" for the lab's own
+	// failures (a device that does not answer), "" otherwise.
+	ErrorType string
 }
 
 // Complete records the result reported by workerID for attempt (0: the
@@ -331,7 +335,7 @@ func (s *Store) Complete(ctx context.Context, id, workerID int64, attempt int, c
 		}
 		t := now()
 		_, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'completed', result = ?, output = ?, reason = ?,
-			completed_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?`), c.Result, c.Output, c.Reason, t, t, id)
+			error_type = ?, completed_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?`), c.Result, c.Output, c.Reason, c.ErrorType, t, t, id)
 		return err
 	})
 	if err != nil {
