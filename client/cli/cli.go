@@ -142,8 +142,8 @@ configuration file in the debusine client's format:
 
 Every global flag can also be set by an environment variable: KILN_CONFIG_FILE,
 KILN_SERVER, KILN_SCOPE, KILN_DEBUG. Output is YAML on standard output
-(list-devices prints a table). Exit codes: 0 success, 1 the awaited work request did not succeed, 2 bad
-usage, 3 any other error.`,
+(list-devices prints a table). Exit codes: 0 success, 1 the awaited work
+request did not succeed, 2 bad usage, 3 any other error.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
