@@ -267,7 +267,11 @@ func TestDUTInfrastructureErrorRetriesOnAnotherDevice(t *testing.T) {
 		require.Equal(t, schemas.ResultError, first.Result, "output: %s", first.Output)
 		require.Equal(t, schemas.ErrorInfrastructure, first.ErrorType, "an infrastructure error is not a test failure")
 		require.Contains(t, first.Reason, "the PDU does not answer")
-		require.NotNil(t, first.SupersededBy, "retried automatically")
+		// The retry is made right after the completion is recorded.
+		b.waitFor("the automatic retry", func() bool {
+			first = b.get(first.ID)
+			return first.SupersededBy != nil
+		})
 
 		retry := b.wait(*first.SupersededBy)
 		require.Equal(t, schemas.ResultSuccess, retry.Result, "output: %s", retry.Output)
