@@ -1,9 +1,7 @@
 package server
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"regexp"
 
@@ -185,7 +183,7 @@ func (s *Server) completeWorkRequest(w http.ResponseWriter, r *http.Request) {
 		in.Reason = in.Reason[:maxReasonBytes]
 	}
 	wr, err := s.store.Complete(r.Context(), id, wk.ID, in.Attempt, store.Completion{Result: string(in.Result), Output: in.Output,
-		Reason: in.Reason, ErrorType: in.ErrorType})
+		Reason: in.Reason, ErrorType: in.ErrorType, InfrastructureRetries: max(s.cfg.InfrastructureRetries, 0)})
 	switch {
 	case errors.Is(err, store.ErrNotAssigned):
 		writeProblem(w, schemas.Problem{Status: http.StatusUnauthorized, Title: "Invalid worker to update the work request",
@@ -205,7 +203,11 @@ func (s *Server) completeWorkRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if wr.ErrorType == schemas.ErrorInfrastructure {
-		s.infrastructureError(r.Context(), wr)
+		ev := s.log.Warn().Int64("work_request", id).Str("reason", wr.Reason)
+		if wr.SupersededBy.Valid {
+			ev = ev.Int64("retry", wr.SupersededBy.Int64)
+		}
+		ev.Msg("infrastructure error: device out of service")
 	}
 	s.metrics.completed.WithLabelValues(wr.TaskName, wr.Result).Inc()
 	s.log.Info().Int64("work_request", id).Str("worker", wk.Name).Str("result", wr.Result).Msg("work request completed")
@@ -231,37 +233,4 @@ func (s *Server) listWorkers(w http.ResponseWriter, r *http.Request) {
 		out = append(out, ww)
 	}
 	writeJSON(w, http.StatusOK, out)
-}
-
-// infrastructureError handles a request that failed for the lab's sake: its
-// device goes out of service (health bad, until an admin or a health check
-// returns it), and the request is retried, a bounded number of times, so
-// that the retry runs on another device.
-func (s *Server) infrastructureError(ctx context.Context, wr store.WorkRequest) {
-	log := s.log.With().Int64("work_request", wr.ID).Logger()
-	if name, err := s.store.DeviceOf(ctx, wr.ID); err != nil {
-		log.Warn().Err(err).Msg("device of an infrastructure error")
-	} else if name != "" {
-		reason := fmt.Sprintf("infrastructure error in work request %d: %s", wr.ID, wr.Reason)
-		if _, err := s.store.SetDeviceHealth(ctx, name, schemas.HealthBad, reason); err != nil {
-			log.Warn().Err(err).Str("device", name).Msg("device not taken out of service")
-		} else {
-			log.Warn().Str("device", name).Msg("device taken out of service (health bad)")
-		}
-	}
-	n, err := s.store.InfrastructureRetries(ctx, wr.ID)
-	if err != nil {
-		log.Warn().Err(err).Msg("count infrastructure retries")
-		return
-	}
-	if n >= s.cfg.InfrastructureRetries {
-		log.Info().Int("retries", n).Msg("infrastructure error: no more automatic retries")
-		return
-	}
-	retry, err := s.store.Retry(ctx, wr.ID, 0)
-	if err != nil {
-		log.Warn().Err(err).Msg("automatic retry after an infrastructure error")
-		return
-	}
-	log.Info().Int64("retry", retry.ID).Msg("retried after an infrastructure error")
 }

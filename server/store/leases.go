@@ -125,29 +125,70 @@ func rowsAffected(res interface{ RowsAffected() (int64, error) }, err error) (in
 	return res.RowsAffected()
 }
 
+// infrastructureErrorTx is the rest of a completion with an infrastructure
+// error, in its transaction so that none of it can be lost: the device the
+// request held goes out of service (health bad, with the reason), and the
+// request is retried, within the limit, so that the retry runs on another
+// device.
+func infrastructureErrorTx(ctx context.Context, tx *sqlx.Tx, id int64, c Completion) error {
+	var devs []struct {
+		ID     int64  `db:"id"`
+		Health string `db:"health"`
+	}
+	if err := tx.SelectContext(ctx, &devs, tx.Rebind(`SELECT id, health FROM devices WHERE lease_work_request_id = ?`), id); err != nil {
+		return err
+	}
+	for _, d := range devs {
+		if d.Health == "bad" {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE devices SET health = 'bad', updated_at = ? WHERE id = ?`), now(), d.ID); err != nil {
+			return err
+		}
+		reason := fmt.Sprintf("infrastructure error in work request %d: %s", id, c.Reason)
+		if err := recordDeviceEvent(ctx, tx, d.ID, DeviceEventHealth, d.Health, "bad", reason, &id); err != nil {
+			return err
+		}
+	}
+	n, err := infrastructureRetries(ctx, tx, id)
+	if err != nil || n >= c.InfrastructureRetries {
+		return err
+	}
+	_, err = retryTx(ctx, tx, id, 0)
+	return err
+}
+
 // InfrastructureRetries counts the requests that request id retried
 // automatically after an infrastructure error: its predecessors, following
 // supersedes, that ended with error_type infrastructure.
 func (s *Store) InfrastructureRetries(ctx context.Context, id int64) (int, error) {
+	var n int
+	err := s.tx(ctx, func(tx *sqlx.Tx) error {
+		var err error
+		n, err = infrastructureRetries(ctx, tx, id)
+		return err
+	})
+	return n, err
+}
+
+func infrastructureRetries(ctx context.Context, tx *sqlx.Tx, id int64) (int, error) {
 	n := 0
 	for {
-		var prev struct {
-			Supersedes sql.NullInt64 `db:"supersedes"`
-		}
-		if err := s.r.GetContext(ctx, &prev, s.rebind(`SELECT supersedes FROM work_requests WHERE id = ?`), id); err != nil {
+		var prev sql.NullInt64
+		if err := tx.GetContext(ctx, &prev, tx.Rebind(`SELECT supersedes FROM work_requests WHERE id = ?`), id); err != nil {
 			return n, fmt.Errorf("infrastructure retries of %d: %w", id, err)
 		}
-		if !prev.Supersedes.Valid {
+		if !prev.Valid {
 			return n, nil
 		}
 		var errorType string
-		if err := s.r.GetContext(ctx, &errorType, s.rebind(`SELECT error_type FROM work_requests WHERE id = ?`), prev.Supersedes.Int64); err != nil {
+		if err := tx.GetContext(ctx, &errorType, tx.Rebind(`SELECT error_type FROM work_requests WHERE id = ?`), prev.Int64); err != nil {
 			return n, fmt.Errorf("infrastructure retries of %d: %w", id, err)
 		}
 		if errorType != "infrastructure" {
 			return n, nil
 		}
 		n++
-		id = prev.Supersedes.Int64
+		id = prev.Int64
 	}
 }

@@ -111,3 +111,35 @@ func TestInfrastructureRetries(t *testing.T) {
 		require.Zero(t, n)
 	})
 }
+
+func TestInfrastructureErrorInOneTransaction(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, st *Store) {
+		ctx := t.Context()
+		w := newWorker(t, st, "lab")
+		require.NoError(t, st.UpsertDevices(ctx, w.ID, []schemas.DeviceDeclaration{{Name: "dut-1", DeviceType: "board"}}))
+		dev, err := st.DeviceByName(ctx, "dut-1")
+		require.NoError(t, err)
+		wr := newWR(t, st, wrOpts{task: "dut-test"})
+		for i := range 2 {
+			_, err = st.AssignDevice(ctx, wr.ID, wr.Attempt, w.ID, 10, dev.ID, assignMsg(wr))
+			require.NoError(t, err)
+			start(t, st, wr, w)
+			got, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: "error", Reason: "infrastructure: no answer",
+				ErrorType: "infrastructure", InfrastructureRetries: 1})
+			require.NoError(t, err)
+			dev, _ = st.DeviceByName(ctx, "dut-1")
+			require.Equal(t, "bad", dev.Health, "the completion took the device out of service")
+			if i == 1 {
+				require.False(t, got.SupersededBy.Valid, "the limit of one retry is reached")
+				break
+			}
+			require.True(t, got.SupersededBy.Valid, "the completion made the retry")
+			_, err = st.ReconcileDeviceLeases(ctx)
+			require.NoError(t, err)
+			_, err = st.SetDeviceHealth(ctx, "dut-1", schemas.HealthUnknown, "repaired")
+			require.NoError(t, err)
+			wr, err = st.WorkRequest(ctx, got.SupersededBy.Int64)
+			require.NoError(t, err)
+		}
+	})
+}

@@ -216,45 +216,51 @@ func (s *Store) Abort(ctx context.Context, id int64, by int64, killDeadline time
 func (s *Store) Retry(ctx context.Context, id int64, by int64) (WorkRequest, error) {
 	var newID int64
 	err := s.tx(ctx, func(tx *sqlx.Tx) error {
-		var old WorkRequest
-		if err := tx.GetContext(ctx, &old, tx.Rebind(`SELECT `+wrColumns+wrFrom+` WHERE work_requests.id = ?`), id); err != nil {
-			return notFound("work request", id, err)
-		}
-		retriable := old.Status == "aborted" || (old.Status == "completed" && (old.Result == "failure" || old.Result == "error"))
-		if !retriable {
-			what := old.Status
-			if old.Result != "" {
-				what += "/" + old.Result
-			}
-			return fmt.Errorf("work request %d is %s, only failed, errored or aborted requests can be retried: %w", id, what, ErrConflict)
-		}
-		if old.SupersededBy.Valid {
-			return fmt.Errorf("work request %d was already retried as %d: %w", id, old.SupersededBy.Int64, ErrConflict)
-		}
-		createdBy := by
-		if createdBy == 0 && old.CreatedBy.Valid {
-			createdBy = old.CreatedBy.Int64
-		}
 		var err error
-		newID, err = insertWorkRequest(ctx, tx, NewWorkRequest{
-			TaskName: old.TaskName, TaskType: old.TaskType, TaskData: old.TaskData, Workspace: old.Workspace,
-			PriorityBase: old.PriorityBase, CreatedBy: createdBy, Shape: old.Shape, TimeoutSeconds: old.TimeoutSeconds,
-		}, sql.NullInt64{Int64: id, Valid: true})
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET superseded_by = ? WHERE id = ?`), newID, id); err != nil {
-			return err
-		}
-		// Keep the adjustment: a retry should not lose its place.
-		_, err = tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET priority_adjustment = ?, priority = ? WHERE id = ?`),
-			old.PriorityAdjustment, old.PriorityBase+old.PriorityAdjustment, newID)
+		newID, err = retryTx(ctx, tx, id, by)
 		return err
 	})
 	if err != nil {
 		return WorkRequest{}, fmt.Errorf("retry: %w", err)
 	}
 	return s.WorkRequest(ctx, newID)
+}
+
+// retryTx is Retry inside a transaction; it returns the new request's id.
+func retryTx(ctx context.Context, tx *sqlx.Tx, id int64, by int64) (int64, error) {
+	var old WorkRequest
+	if err := tx.GetContext(ctx, &old, tx.Rebind(`SELECT `+wrColumns+wrFrom+` WHERE work_requests.id = ?`), id); err != nil {
+		return 0, notFound("work request", id, err)
+	}
+	retriable := old.Status == "aborted" || (old.Status == "completed" && (old.Result == "failure" || old.Result == "error"))
+	if !retriable {
+		what := old.Status
+		if old.Result != "" {
+			what += "/" + old.Result
+		}
+		return 0, fmt.Errorf("work request %d is %s, only failed, errored or aborted requests can be retried: %w", id, what, ErrConflict)
+	}
+	if old.SupersededBy.Valid {
+		return 0, fmt.Errorf("work request %d was already retried as %d: %w", id, old.SupersededBy.Int64, ErrConflict)
+	}
+	createdBy := by
+	if createdBy == 0 && old.CreatedBy.Valid {
+		createdBy = old.CreatedBy.Int64
+	}
+	newID, err := insertWorkRequest(ctx, tx, NewWorkRequest{
+		TaskName: old.TaskName, TaskType: old.TaskType, TaskData: old.TaskData, Workspace: old.Workspace,
+		PriorityBase: old.PriorityBase, CreatedBy: createdBy, Shape: old.Shape, TimeoutSeconds: old.TimeoutSeconds,
+	}, sql.NullInt64{Int64: id, Valid: true})
+	if err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET superseded_by = ? WHERE id = ?`), newID, id); err != nil {
+		return 0, err
+	}
+	// Keep the adjustment: a retry should not lose its place.
+	_, err = tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET priority_adjustment = ?, priority = ? WHERE id = ?`),
+		old.PriorityAdjustment, old.PriorityBase+old.PriorityAdjustment, newID)
+	return newID, err
 }
 
 // Start moves a request assigned to workerID with that attempt to running.
@@ -308,6 +314,9 @@ type Completion struct {
 	// ErrorType classifies an error: "infrastructure" for the lab's own
 	// failures (a device that does not answer), "" otherwise.
 	ErrorType string
+	// InfrastructureRetries is how many automatic retries in a row an
+	// infrastructure error may have (0: none).
+	InfrastructureRetries int
 }
 
 // Complete records the result reported by workerID for attempt (0: the
@@ -336,7 +345,10 @@ func (s *Store) Complete(ctx context.Context, id, workerID int64, attempt int, c
 		t := now()
 		_, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'completed', result = ?, output = ?, reason = ?,
 			error_type = ?, completed_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?`), c.Result, c.Output, c.Reason, c.ErrorType, t, t, id)
-		return err
+		if err != nil || c.ErrorType != "infrastructure" {
+			return err
+		}
+		return infrastructureErrorTx(ctx, tx, id, c)
 	})
 	if err != nil {
 		return WorkRequest{}, fmt.Errorf("complete: %w", err)
