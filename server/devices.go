@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/kiln-ci/kiln/schemas"
 	"github.com/kiln-ci/kiln/server/store"
+	"github.com/kiln-ci/kiln/tasks"
 )
 
 // deviceHistoryLength is how many of a device's latest changes
@@ -24,11 +23,6 @@ import (
 const deviceHistoryLength = 50
 
 var (
-	// deviceNameRE is the form of a device name, as of a task name (and as
-	// the worker checks its devices file).
-	deviceNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
-	// powerActions are the power actions a worker may declare.
-	powerActions = []string{"on", "off", "reset"}
 	// adminHealths are the healths an admin sets by hand: maintenance,
 	// retired, and unknown to return a device to service until its next
 	// health check. Health checks alone set good and bad.
@@ -84,15 +78,8 @@ func (s *Server) putWorkerDevices(w http.ResponseWriter, r *http.Request) {
 // about unknown fields. It writes the problem itself and returns false when
 // the body is unusable.
 func (s *Server) decodeDeclarations(w http.ResponseWriter, r *http.Request, title string) ([]schemas.DeviceDeclaration, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			problem(w, http.StatusRequestEntityTooLarge, "Request body too large",
-				fmt.Sprintf("the body exceeds the limit of %d bytes (--max-body-bytes)", mbe.Limit))
-			return nil, false
-		}
-		problem(w, http.StatusBadRequest, "Cannot read request body", err.Error())
+	body, ok := s.readBody(w, r)
+	if !ok {
 		return nil, false
 	}
 	body = bytes.TrimSpace(body)
@@ -156,8 +143,8 @@ func checkDeclarations(decl []schemas.DeviceDeclaration) map[string][]string {
 	for i, d := range decl {
 		at := "/" + strconv.Itoa(i)
 		switch j, seen := first[d.Name]; {
-		case !deviceNameRE.MatchString(d.Name):
-			add(at+"/name", "must be letters, digits, '.', '_' and '-', starting with a letter or digit")
+		case !tasks.ValidDeviceName(d.Name):
+			add(at+"/name", tasks.DeviceNameRule)
 		case seen:
 			add(at+"/name", fmt.Sprintf("device %q is declared twice (also at /%d)", d.Name, j))
 		default:
@@ -167,7 +154,7 @@ func checkDeclarations(decl []schemas.DeviceDeclaration) map[string][]string {
 			add(at+"/device_type", "This field is required.")
 		}
 		for k, p := range d.Power {
-			if !slices.Contains(powerActions, p) {
+			if !slices.Contains(tasks.PowerActions, p) {
 				add(at+"/power/"+strconv.Itoa(k), fmt.Sprintf("unknown power action %q: must be on, off or reset", p))
 			}
 		}
@@ -223,7 +210,7 @@ func deviceNotFound(w http.ResponseWriter) {
 // deviceFromPath returns the device named in the path, or answers 404.
 func (s *Server) deviceFromPath(w http.ResponseWriter, r *http.Request) (store.Device, bool) {
 	name := chi.URLParam(r, "name")
-	if !deviceNameRE.MatchString(name) {
+	if !tasks.ValidDeviceName(name) {
 		deviceNotFound(w)
 		return store.Device{}, false
 	}
@@ -278,7 +265,7 @@ func (s *Server) setDeviceHealth(w http.ResponseWriter, r *http.Request) {
 		in.Reason = in.Reason[:maxReasonBytes]
 	}
 	name := chi.URLParam(r, "name")
-	if !deviceNameRE.MatchString(name) {
+	if !tasks.ValidDeviceName(name) {
 		deviceNotFound(w)
 		return
 	}

@@ -39,15 +39,8 @@ func forbidden(w http.ResponseWriter, code, detail string) {
 // limit, rejecting unknown fields. It writes the problem itself and returns
 // false when the body is unusable.
 func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any, title string) bool {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			problem(w, http.StatusRequestEntityTooLarge, "Request body too large",
-				fmt.Sprintf("the body exceeds the limit of %d bytes (--max-body-bytes)", mbe.Limit))
-			return false
-		}
-		problem(w, http.StatusBadRequest, "Cannot read request body", err.Error())
+	body, ok := s.readBody(w, r)
+	if !ok {
 		return false
 	}
 	if len(strings.TrimSpace(string(body))) == 0 {
@@ -77,6 +70,23 @@ func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any, title
 		return false
 	}
 	return true
+}
+
+// readBody reads a request body within the documented size limit (413
+// beyond it). It writes the problem itself and returns false on failure.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err == nil {
+		return body, true
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		problem(w, http.StatusRequestEntityTooLarge, "Request body too large",
+			fmt.Sprintf("the body exceeds the limit of %d bytes (--max-body-bytes)", mbe.Limit))
+		return nil, false
+	}
+	problem(w, http.StatusBadRequest, "Cannot read request body", err.Error())
+	return nil, false
 }
 
 // unknownFields lists the keys of fields that are not JSON names of the

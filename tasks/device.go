@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"regexp"
-	"slices"
 	"strconv"
 
 	"gopkg.in/yaml.v3"
@@ -60,6 +59,30 @@ type DeviceFile struct {
 
 var deviceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
+// DeviceNameRule says what a device name must be, for error messages.
+const DeviceNameRule = "must be letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+// ValidDeviceName reports whether name follows DeviceNameRule: the worker
+// checks its devices file with it, and the server what workers declare.
+func ValidDeviceName(name string) bool { return deviceName.MatchString(name) }
+
+// PowerActions are the power actions a device may have.
+var PowerActions = []string{"on", "off", "reset"}
+
+// Command returns the command line of power action a, or "" when the
+// device has none.
+func (p DevicePower) Command(a string) string {
+	switch a {
+	case "on":
+		return p.On
+	case "off":
+		return p.Off
+	case "reset":
+		return p.Reset
+	}
+	return ""
+}
+
 // LoadDevices reads and checks a devices file.
 func LoadDevices(path string) ([]Device, error) {
 	data, err := os.ReadFile(path)
@@ -86,8 +109,8 @@ func LoadDevices(path string) ([]Device, error) {
 
 func (d *Device) check() error {
 	switch {
-	case !deviceName.MatchString(d.Name):
-		return errors.New("name must be letters, digits, '.', '_' and '-', starting with a letter or digit")
+	case !ValidDeviceName(d.Name):
+		return errors.New("name " + DeviceNameRule)
 	case d.Type == "":
 		return errors.New("type is required")
 	case d.SSH == nil && d.Serial == nil:
@@ -121,13 +144,13 @@ func (d Device) Declaration() schemas.DeviceDeclaration {
 	case d.Serial != nil:
 		decl.Connection = "serial"
 	}
-	for _, p := range []struct{ name, cmd string }{{"on", d.Power.On}, {"off", d.Power.Off}, {"reset", d.Power.Reset}} {
-		if p.cmd != "" {
-			decl.Power = append(decl.Power, p.name)
+	for _, a := range PowerActions {
+		if d.HasPower(a) {
+			decl.Power = append(decl.Power, a)
 		}
 	}
 	return decl
 }
 
 // HasPower reports whether the worker can take power action a.
-func (d Device) HasPower(a string) bool { return slices.Contains(d.Declaration().Power, a) }
+func (d Device) HasPower(a string) bool { return d.Power.Command(a) != "" }

@@ -378,7 +378,7 @@ func (r *dutRun) Finalize(ctx context.Context, env Env) error {
 
 // PowerAction runs a device's power command for action (on, off, reset).
 func PowerAction(ctx context.Context, dev Device, action string) error {
-	cmdline := map[string]string{"on": dev.Power.On, "off": dev.Power.Off, "reset": dev.Power.Reset}[action]
+	cmdline := dev.Power.Command(action)
 	if cmdline == "" {
 		return fmt.Errorf("%w: device %s has no power %s command", ErrInfrastructure, dev.Name, action)
 	}
