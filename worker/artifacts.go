@@ -10,6 +10,7 @@ import (
 	"github.com/kiln-ci/kiln/client"
 	"github.com/kiln-ci/kiln/schemas"
 	"github.com/kiln-ci/kiln/tasks"
+	"github.com/kiln-ci/kiln/worker/cache"
 )
 
 // runArtifacts gives a task access to the artifact store on behalf of its
@@ -71,19 +72,18 @@ func (a *runArtifacts) Cached(ctx context.Context, id int64, name string) (strin
 }
 
 // fileSuffix returns the extensions of name (".tar.zst"), which programs
-// such as sbuild read to choose a decompressor, or "" when they are not
-// plain lower-case extensions.
+// such as sbuild read to choose a decompressor, or "" when the cache would
+// not keep them in a file name.
 func fileSuffix(name string) string {
 	base := filepath.Base(name)
 	i := strings.Index(base, ".")
 	if i <= 0 {
 		return ""
 	}
-	suffix := base[i:]
-	if strings.Count(suffix, ".") > 3 || strings.ToLower(suffix) != suffix || strings.ContainsAny(suffix, "-_ ") {
-		return ""
+	if suffix := base[i:]; cache.ValidSuffix(suffix) {
+		return suffix
 	}
-	return suffix
+	return ""
 }
 
 // Upload implements tasks.Artifacts. The client resumes interrupted file

@@ -15,6 +15,9 @@ func TestFileSuffix(t *testing.T) {
 		".hidden":             "",
 		"a.b.c.d.e":           "",
 		"Environment.TAR.ZST": "",
+		// Suffixes the cache refuses are dropped, not passed on to fail.
+		"env.tar.zst~":                       "",
+		"env.abcdefghijklmnopqrstuvwxyz0123": "",
 		// The first dot of a package file name is in its version: the
 		// rest is no plain extension, and these files need none.
 		"hello_1.0-1_amd64.deb":   "",

@@ -165,7 +165,7 @@ func (c *Cache) GetNamed(ctx context.Context, sum, suffix string, size int64, fi
 	if !validDigest(sum) {
 		return "", nil, fmt.Errorf("get %q: %w", sum, ErrInvalidDigest)
 	}
-	if !validSuffix(suffix) {
+	if !ValidSuffix(suffix) {
 		return "", nil, fmt.Errorf("get %s: file name suffix %q: %w", sum, suffix, ErrInvalidDigest)
 	}
 	// From here on sum is the file's name: the digest and the suffix.

@@ -222,12 +222,13 @@ func validDigest(s string) bool {
 // validName says whether s is the name of a cached file: a digest and a
 // suffix.
 func validName(s string) bool {
-	return len(s) >= 2*sha256.Size && validDigest(s[:2*sha256.Size]) && validSuffix(s[2*sha256.Size:])
+	return len(s) >= 2*sha256.Size && validDigest(s[:2*sha256.Size]) && ValidSuffix(s[2*sha256.Size:])
 }
 
-// validSuffix accepts "" or up to three extensions of lower-case letters
-// and digits, such as ".tar.zst".
-func validSuffix(s string) bool {
+// ValidSuffix reports whether GetNamed accepts s as a file name suffix: ""
+// or up to three extensions of lower-case letters and digits, such as
+// ".tar.zst", 24 bytes at most.
+func ValidSuffix(s string) bool {
 	if s == "" {
 		return true
 	}
