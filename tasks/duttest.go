@@ -163,9 +163,6 @@ func (t DUTTest) CanRunOn(req Requirements, md schemas.Metadata) error {
 	return nil
 }
 
-// InputArtifacts implements Inputs: the bundle, of any category.
-func (DUTTest) InputArtifacts(json.RawMessage) ([]InputArtifact, error) { return nil, nil }
-
 // Execute implements Task.
 func (DUTTest) Execute(ctx context.Context, data json.RawMessage, env Env) (schemas.Result, error) {
 	d, err := parseDUTTestData(data)

@@ -39,18 +39,6 @@ func (s *Store) AssignDevice(ctx context.Context, id int64, attempt int, workerI
 	return msg, nil
 }
 
-// DeviceOf returns the name of the device leased to a work request, or "".
-func (s *Store) DeviceOf(ctx context.Context, workRequestID int64) (string, error) {
-	var names []string
-	if err := s.r.SelectContext(ctx, &names, s.rebind(`SELECT name FROM devices WHERE lease_work_request_id = ?`), workRequestID); err != nil {
-		return "", fmt.Errorf("device of work request %d: %w", workRequestID, err)
-	}
-	if len(names) == 0 {
-		return "", nil
-	}
-	return names[0], nil
-}
-
 type leaseRow struct {
 	DeviceID  int64  `db:"device_id"`
 	State     string `db:"state"`
@@ -158,19 +146,9 @@ func infrastructureErrorTx(ctx context.Context, tx *sqlx.Tx, id int64, c Complet
 	return err
 }
 
-// InfrastructureRetries counts the requests that request id retried
+// infrastructureRetries counts the requests that request id retried
 // automatically after an infrastructure error: its predecessors, following
 // supersedes, that ended with error_type infrastructure.
-func (s *Store) InfrastructureRetries(ctx context.Context, id int64) (int, error) {
-	var n int
-	err := s.tx(ctx, func(tx *sqlx.Tx) error {
-		var err error
-		n, err = infrastructureRetries(ctx, tx, id)
-		return err
-	})
-	return n, err
-}
-
 func infrastructureRetries(ctx context.Context, tx *sqlx.Tx, id int64) (int, error) {
 	n := 0
 	for {

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kiln-ci/kiln/schemas"
@@ -25,9 +26,9 @@ func TestDeviceLeases(t *testing.T) {
 		got, err := st.WorkRequest(ctx, second.ID)
 		require.NoError(t, err)
 		require.False(t, got.WorkerID.Valid, "the refused assignment left no trace")
-		name, err := st.DeviceOf(ctx, first.ID)
+		dev, err = st.DeviceByName(ctx, "dut-1")
 		require.NoError(t, err)
-		require.Equal(t, "dut-1", name)
+		require.Equal(t, first.ID, dev.LeaseWorkRequestID.Int64, "leased to the first request")
 
 		// reserved -> running -> idle and dirty, one job counted.
 		start(t, st, first, w)
@@ -81,13 +82,24 @@ func TestDeviceLeases(t *testing.T) {
 	})
 }
 
+func countInfrastructureRetries(t *testing.T, st *Store, id int64) (int, error) {
+	t.Helper()
+	var n int
+	err := st.tx(t.Context(), func(tx *sqlx.Tx) error {
+		var err error
+		n, err = infrastructureRetries(t.Context(), tx, id)
+		return err
+	})
+	return n, err
+}
+
 func TestInfrastructureRetries(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, st *Store) {
 		ctx := t.Context()
 		w := newWorker(t, st, "lab")
 		wr := newWR(t, st, wrOpts{task: "dut-test"})
 		for i := range 3 {
-			n, err := st.InfrastructureRetries(ctx, wr.ID)
+			n, err := countInfrastructureRetries(t, st, wr.ID)
 			require.NoError(t, err)
 			require.Equal(t, i, n)
 			assign(t, st, wr, w)
@@ -106,7 +118,7 @@ func TestInfrastructureRetries(t *testing.T) {
 		require.NoError(t, err)
 		wr, err = st.Retry(ctx, wr.ID, 0)
 		require.NoError(t, err)
-		n, err := st.InfrastructureRetries(ctx, wr.ID)
+		n, err := countInfrastructureRetries(t, st, wr.ID)
 		require.NoError(t, err)
 		require.Zero(t, n)
 	})
