@@ -12,46 +12,35 @@ import (
 	"github.com/kiln-ci/kiln/server/store"
 )
 
-// enforceDeadlines, on the scheduler leader, ends runs past their run-time
-// limit (result error, reason timeout, and an abort to their worker), and
-// stops waiting for kill confirmations past their deadline.
+// enforceDeadlines (run every second on the scheduler leader) ends runs
+// past their run-time limit (result error, reason timeout, and an abort to
+// their worker), and stops waiting for kill confirmations past their
+// deadline.
 func (s *Server) enforceDeadlines(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+	now := time.Now()
+	timedOut, err := s.store.TimeOut(ctx, now, now.Add(s.cfg.KillConfirmTimeout))
+	if err != nil && ctx.Err() == nil {
+		s.log.Error().Err(err).Msg("run-time limits")
+	}
+	for _, wr := range timedOut {
+		s.log.Warn().Int64("work_request", wr.ID).Int("timeout_seconds", wr.TimeoutSeconds).Msg("work request timed out")
+		s.metrics.completed.WithLabelValues(wr.TaskName, string(schemas.ResultError)).Inc()
+		if wr.WorkerID.Valid {
+			s.sendControl(ctx, wr.WorkerID.Int64,
+				bus.Control{Type: bus.ControlAbort, WorkRequestID: wr.ID, Attempt: wr.Attempt, Reason: "timeout"},
+				fmt.Sprintf("abort-%d-%d", wr.ID, wr.Attempt))
 		}
-		if !s.sched.Leader() {
-			continue
-		}
-		now := time.Now()
-		timedOut, err := s.store.TimeOut(ctx, now, now.Add(s.cfg.KillConfirmTimeout))
-		if err != nil && ctx.Err() == nil {
-			s.log.Error().Err(err).Msg("run-time limits")
-		}
-		for _, wr := range timedOut {
-			s.log.Warn().Int64("work_request", wr.ID).Int("timeout_seconds", wr.TimeoutSeconds).Msg("work request timed out")
-			s.metrics.completed.WithLabelValues(wr.TaskName, string(schemas.ResultError)).Inc()
-			if wr.WorkerID.Valid {
-				s.sendControl(ctx, wr.WorkerID.Int64,
-					bus.Control{Type: bus.ControlAbort, WorkRequestID: wr.ID, Attempt: wr.Attempt, Reason: "timeout"},
-					fmt.Sprintf("abort-%d-%d", wr.ID, wr.Attempt))
-			}
-		}
-		expired, err := s.store.ExpireKills(ctx, now)
-		if err != nil && ctx.Err() == nil {
-			s.log.Error().Err(err).Msg("kill confirmations")
-		}
-		for _, wr := range expired {
-			s.log.Warn().Int64("work_request", wr.ID).Int64("worker", wr.WorkerID.Int64).
-				Msg("worker never confirmed the kill of an aborted run; its slot is freed and the worker is flagged")
-		}
-		if len(timedOut) > 0 || len(expired) > 0 {
-			s.kickScheduler()
-		}
+	}
+	expired, err := s.store.ExpireKills(ctx, now)
+	if err != nil && ctx.Err() == nil {
+		s.log.Error().Err(err).Msg("kill confirmations")
+	}
+	for _, wr := range expired {
+		s.log.Warn().Int64("work_request", wr.ID).Int64("worker", wr.WorkerID.Int64).
+			Msg("worker never confirmed the kill of an aborted run; its slot is freed and the worker is flagged")
+	}
+	if len(timedOut) > 0 || len(expired) > 0 {
+		s.kickScheduler()
 	}
 }
 

@@ -52,11 +52,28 @@ func (s *Server) Publish(ctx context.Context, msgs []store.Message) {
 	}
 }
 
-// relay republishes outbox messages whose publication was not confirmed (a
-// crash between commit and publish, a NATS outage). JetStream drops the
-// duplicates of those that did arrive, by message id.
+// relay (run every 2 s on the scheduler leader) republishes outbox
+// messages whose publication was not confirmed (a crash between commit and
+// publish, a NATS outage). JetStream drops the duplicates of those that did
+// arrive, by message id.
 func (s *Server) relay(ctx context.Context) {
-	t := time.NewTicker(2 * time.Second)
+	msgs, err := s.store.Outbox(ctx, time.Now().Add(-3*time.Second), 500)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn().Err(err).Msg("outbox relay")
+		}
+		return
+	}
+	if len(msgs) > 0 {
+		s.log.Info().Int("messages", len(msgs)).Msg("republishing unconfirmed outbox messages")
+		s.Publish(ctx, msgs)
+	}
+}
+
+// everyAsLeader calls fn every period until ctx ends, while this replica
+// leads the scheduler: periodic duties are done once, not once per replica.
+func (s *Server) everyAsLeader(ctx context.Context, period time.Duration, fn func(context.Context)) {
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
@@ -64,19 +81,8 @@ func (s *Server) relay(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if !s.sched.Leader() {
-			continue
-		}
-		msgs, err := s.store.Outbox(ctx, time.Now().Add(-3*time.Second), 500)
-		if err != nil {
-			if ctx.Err() == nil {
-				s.log.Warn().Err(err).Msg("outbox relay")
-			}
-			continue
-		}
-		if len(msgs) > 0 {
-			s.log.Info().Int("messages", len(msgs)).Msg("republishing unconfirmed outbox messages")
-			s.Publish(ctx, msgs)
+		if s.sched.Leader() {
+			fn(ctx)
 		}
 	}
 }

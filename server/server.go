@@ -266,11 +266,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.goRun(func() { s.sched.Run(runCtx) })
-	s.goRun(func() { s.relay(runCtx) })
+	s.goRun(func() { s.everyAsLeader(runCtx, 2*time.Second, s.relay) })
 	if err := s.startArtifacts(runCtx); err != nil {
 		return nil, err
 	}
-	s.goRun(func() { s.enforceDeadlines(runCtx) })
+	s.goRun(func() { s.everyAsLeader(runCtx, time.Second, s.enforceDeadlines) })
 
 	if s.listener, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
