@@ -185,8 +185,12 @@ type dutRun struct {
 	dir        string
 	knownHosts string
 	inputs     []int64
-	// results is the local copy of the results file.
-	results string
+	// results is the local copy of the results file; parsed says that
+	// summary and summaryErr hold what it says.
+	results    string
+	parsed     bool
+	summary    TestSummary
+	summaryErr error
 	// lost is set when the connection failed during the run.
 	lost bool
 }
@@ -420,11 +424,8 @@ func (r *dutRun) Judge(code int, execDir string) (schemas.Result, error) {
 	return schemas.ResultSuccess, nil
 }
 
-// fetchResults copies the results file from the device (once).
+// fetchResults copies the results file from the device.
 func (r *dutRun) fetchResults(execDir string) (string, error) {
-	if r.results != "" {
-		return r.results, nil
-	}
 	local := filepath.Join(execDir, "results")
 	if r.d.ResultsFile == "" {
 		// TAP on the command's output, as the debug log kept it.
@@ -444,15 +445,25 @@ func (r *dutRun) fetchResults(execDir string) (string, error) {
 			return "", err
 		}
 	}
-	r.results = local
 	return local, nil
 }
 
+// parseResults fetches and reads the results once: Judge and Upload both
+// need them, and a second fetch would ask the device again.
 func (r *dutRun) parseResults(execDir string) (TestSummary, error) {
+	if !r.parsed {
+		r.parsed = true
+		r.summary, r.summaryErr = r.readResults(execDir)
+	}
+	return r.summary, r.summaryErr
+}
+
+func (r *dutRun) readResults(execDir string) (TestSummary, error) {
 	path, err := r.fetchResults(execDir)
 	if err != nil {
 		return TestSummary{}, err
 	}
+	r.results = path
 	f, err := os.Open(path)
 	if err != nil {
 		return TestSummary{}, err

@@ -61,9 +61,10 @@ func (p *devicePool) matching(m tasks.DeviceMatch, workerID int64) []*poolDevice
 
 // eligible keeps the workers with a usable matching device and counts the
 // requests they can take now; when none is left, why says why in words
-// for the user: no such device, all unhealthy, or all busy.
+// for the user: no such device, or all of them out of service. (Busy
+// devices keep their workers eligible: busyReason speaks of them.)
 func (p *devicePool) eligible(m tasks.DeviceMatch, cands []*candidate) (elig []*candidate, free int, why string) {
-	var matching, usable, busy int
+	var matching, usable int
 	health := map[string][]string{}
 	for _, c := range cands {
 		n := 0
@@ -78,8 +79,6 @@ func (p *devicePool) eligible(m tasks.DeviceMatch, cands []*candidate) (elig []*
 			keep = true
 			if d.free() {
 				n++
-			} else {
-				busy++
 			}
 		}
 		if keep {
