@@ -19,7 +19,36 @@ run: build
 ## test: the whole suite, SQLite + embedded NATS and PostgreSQL + external NATS
 ## (set KILN_REQUIRE_ALL=1 to fail instead of skipping when a service is missing)
 test:
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+## chaos: the fault-injection suite at full size (CHAOS_SIZE requests): a real
+## kiln-server, nats-server, PostgreSQL and worker processes, with kill -9 of a
+## worker, the server and nats-server, a PostgreSQL restart and a worker
+## stopped past its lease; it prints the counts and fails if one is wrong.
+## make test runs it at a smaller size (KILN_CHAOS_SIZE, default 60).
+CHAOS_SIZE ?= 300
+.PHONY: chaos
+chaos:
+	KILN_CHAOS_SIZE=$(CHAOS_SIZE) $(GO) test -count=1 -timeout 30m -v -run TestChaos ./e2e/chaos
+
+## fuzz: run every fuzz target (func FuzzXxx in a _test.go file) for FUZZTIME
+## each, one after the other, since go test -fuzz takes one target per run;
+## their seed corpora also run in make test. A failing input is written to
+## the package's testdata/fuzz/FuzzXxx/; the failed targets are listed at the
+## end. FUZZTIME also takes a number of runs (FUZZTIME=200000x): Go 1.26 may
+## end a timed run on a loaded machine with a bare "context deadline exceeded"
+## and no failing input (golang/go#75804), which a count avoids.
+FUZZTIME ?= 30s
+.PHONY: fuzz
+fuzz:
+	@failed=; for file in $$(grep -rl --include='*_test.go' --exclude-dir=testdata --exclude-dir=.git '^func Fuzz' . | sort); do \
+		dir=$$(dirname $$file); \
+		for target in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
+			echo "== $$dir $$target (FUZZTIME=$(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$dir || failed="$$failed $$dir:$$target"; \
+		done; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed"; exit 1; fi
 
 lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -3,7 +3,10 @@ package bus
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
 )
 
 // Names derives every subject, stream and consumer name from one prefix, so
@@ -73,10 +76,66 @@ func (n Names) LogStream() string {
 	return strings.ToUpper(strings.ReplaceAll(n.Prefix, "-", "_")) + "_LOGS"
 }
 
-// LogSubject carries the output chunks of one work request.
-func (n Names) LogSubject(workRequestID int64) string {
-	return fmt.Sprintf("%s.log.%d", n.Prefix, workRequestID)
+// LogSubject carries the output chunks a worker sends of one work request.
+// The worker's id is in it so that the embedded nats-server can let each
+// worker publish only under its own name.
+func (n Names) LogSubject(workerID, workRequestID int64) string {
+	return fmt.Sprintf("%s.log.%d.%d", n.Prefix, workerID, workRequestID)
+}
+
+// RequestLogSubjects matches the output of one work request, whichever
+// worker ran it.
+func (n Names) RequestLogSubjects(workRequestID int64) string {
+	return fmt.Sprintf("%s.log.*.%d", n.Prefix, workRequestID)
+}
+
+// LogSender is the worker that published a log chunk on subject, or 0 when
+// subject is not a log subject of these names.
+func (n Names) LogSender(subject string) int64 {
+	rest, ok := strings.CutPrefix(subject, n.Prefix+".log.")
+	if !ok {
+		return 0
+	}
+	worker, _, _ := strings.Cut(rest, ".")
+	id, err := strconv.ParseInt(worker, 10, 64)
+	if err != nil {
+		return 0
+	}
+	return id
 }
 
 // LogSubjects is the log stream's subject filter.
-func (n Names) LogSubjects() string { return n.Prefix + ".log.*" }
+func (n Names) LogSubjects() string { return n.Prefix + ".log.>" }
+
+// WorkerInbox is the inbox prefix a worker's NATS connection uses: replies
+// to it (JetStream acks, pulled messages) are the only subjects the worker
+// may subscribe to on the embedded nats-server.
+func (n Names) WorkerInbox(workerID int64) string {
+	return fmt.Sprintf("_INBOX.%s-worker-%d", n.Prefix, workerID)
+}
+
+// WorkerPermissions is what worker workerID may do on the embedded
+// nats-server: pull from, and acknowledge, its own two durable consumers
+// (created on its own subjects only), publish its heartbeats and the logs
+// of its runs, and receive replies on its own inbox. Everything else, other
+// workers' subjects above all, is refused.
+func (n Names) WorkerPermissions(workerID int64) *natsserver.Permissions {
+	stream := n.Stream()
+	var pub []string
+	for _, c := range []struct{ consumer, subject string }{
+		{n.AssignConsumer(workerID), n.AssignSubject(workerID)},
+		{n.ControlConsumer(workerID), n.ControlSubject(workerID)},
+	} {
+		pub = append(pub,
+			fmt.Sprintf("$JS.API.CONSUMER.CREATE.%s.%s.%s", stream, c.consumer, c.subject),
+			fmt.Sprintf("$JS.API.CONSUMER.INFO.%s.%s", stream, c.consumer),
+			fmt.Sprintf("$JS.API.CONSUMER.MSG.NEXT.%s.%s", stream, c.consumer),
+			fmt.Sprintf("$JS.ACK.%s.%s.>", stream, c.consumer),
+		)
+	}
+	pub = append(pub, n.HeartbeatSubject(workerID), fmt.Sprintf("%s.log.%d.*", n.Prefix, workerID))
+	return &natsserver.Permissions{
+		Publish:   &natsserver.SubjectPermission{Allow: pub},
+		Subscribe: &natsserver.SubjectPermission{Allow: []string{n.WorkerInbox(workerID) + ".>"}},
+	}
+}

@@ -2,10 +2,12 @@ package bus
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
@@ -31,16 +33,35 @@ type Control struct {
 
 // Embedded is a nats-server running inside this process.
 type Embedded struct {
-	srv *natsserver.Server
-	url string
+	srv  *natsserver.Server
+	url  string
+	auth *embeddedAuth
 }
 
-// StartEmbedded starts nats-server with JetStream storing in storeDir,
-// listening on listen (host:port; port 0 picks a free one).
-func StartEmbedded(storeDir, listen string) (*Embedded, error) {
-	host, portText, err := net.SplitHostPort(listen)
+// EmbeddedConfig configures the embedded nats-server.
+type EmbeddedConfig struct {
+	// StoreDir holds the JetStream file store.
+	StoreDir string
+	// Listen is host:port; port 0 picks a free one.
+	Listen string
+	// Workers, when set, makes every connection authenticate: kiln-server
+	// with a secret of this process (ConnectOptions), each worker with its
+	// own token and Names.WorkerPermissions. Unset, anyone may connect and
+	// do anything (tests only).
+	Workers *WorkerLookup
+	// Names are the subjects the permissions are made of.
+	Names Names
+	// TLS, when set, makes clients connect with TLS.
+	TLS *tls.Config
+	// Log receives refused connections.
+	Log zerolog.Logger
+}
+
+// StartEmbedded starts nats-server with JetStream.
+func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+	host, portText, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("nats listen address %q: %w", listen, err)
+		return nil, fmt.Errorf("nats listen address %q: %w", cfg.Listen, err)
 	}
 	port, err := strconv.Atoi(portText)
 	if err != nil {
@@ -54,27 +75,57 @@ func StartEmbedded(storeDir, listen string) (*Embedded, error) {
 		Host:       host,
 		Port:       port,
 		JetStream:  true,
-		StoreDir:   storeDir,
+		StoreDir:   cfg.StoreDir,
 		// Without NoSigs the embedded server calls os.Exit on SIGTERM and
 		// takes the whole kiln-server down with it.
 		NoSigs:     true,
 		NoLog:      true,
 		MaxPayload: 8 << 20,
 	}
-	srv, err := natsserver.NewServer(opts)
-	if err != nil {
+	if cfg.TLS != nil {
+		opts.TLSConfig = cfg.TLS
+		opts.TLS = true
+		opts.TLSTimeout = 5
+	}
+	e := &Embedded{}
+	if cfg.Workers != nil {
+		if e.auth, err = newEmbeddedAuth(cfg.Names, *cfg.Workers, cfg.Log); err != nil {
+			return nil, err
+		}
+		opts.CustomClientAuthentication = e.auth
+	}
+	if e.srv, err = natsserver.NewServer(opts); err != nil {
 		return nil, fmt.Errorf("embedded nats: %w", err)
 	}
-	go srv.Start()
-	if !srv.ReadyForConnections(30 * time.Second) {
-		srv.Shutdown()
+	go e.srv.Start()
+	if !e.srv.ReadyForConnections(30 * time.Second) {
+		e.srv.Shutdown()
 		return nil, errors.New("embedded nats: not ready after 30s")
 	}
-	return &Embedded{srv: srv, url: srv.ClientURL()}, nil
+	e.url = e.srv.ClientURL()
+	if cfg.TLS != nil {
+		e.url = strings.Replace(e.url, "nats://", "tls://", 1)
+	}
+	return e, nil
 }
 
 // URL is the client URL of the embedded server.
 func (e *Embedded) URL() string { return e.url }
+
+// LocalURL is the URL to dial with ConnectOptions: never tls://, since the
+// in-process connection needs no TLS and a tls:// URL would demand it.
+func (e *Embedded) LocalURL() string { return strings.Replace(e.url, "tls://", "nats://", 1) }
+
+// ConnectOptions connect kiln-server itself to the embedded server: in
+// process (no TCP, no TLS) and, when connections authenticate, with this
+// process's secret.
+func (e *Embedded) ConnectOptions() []nats.Option {
+	opts := []nats.Option{nats.InProcessServer(e.srv)}
+	if e.auth != nil {
+		opts = append(opts, nats.Token(e.auth.internal))
+	}
+	return opts
+}
 
 // Shutdown stops the server and waits for it.
 func (e *Embedded) Shutdown() {
@@ -83,13 +134,24 @@ func (e *Embedded) Shutdown() {
 }
 
 // Connect dials url and keeps reconnecting forever, logging each change, so
-// that a NATS outage never ends the process.
-func Connect(url, name string, log zerolog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
+// that a NATS outage never ends the process. extra adds options
+// (credentials, an inbox prefix); onReconnect functions run after each
+// reconnection.
+func Connect(url, name string, log zerolog.Logger, extra []nats.Option, onReconnect ...func()) (*nats.Conn, error) {
+	opts := append([]nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(500*time.Millisecond),
+		nats.ReconnectWait(500 * time.Millisecond),
 		nats.RetryOnFailedConnect(true),
+		// Permission violations arrive here: a worker confined by the
+		// embedded server's permissions must say what was refused.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := log.Warn().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("nats error")
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn().Err(err).Msg("nats disconnected")
@@ -97,8 +159,12 @@ func Connect(url, name string, log zerolog.Logger) (*nats.Conn, error) {
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("nats reconnected")
+			for _, f := range onReconnect {
+				f()
+			}
 		}),
-	)
+	}, extra...)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
 	}

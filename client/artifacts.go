@@ -177,6 +177,9 @@ type ArtifactUpload struct {
 	// WorkRequest, for a worker, is the work request the artifact belongs
 	// to (0: none).
 	WorkRequest int64
+	// Attempt, with WorkRequest, is the attempt that makes the artifact:
+	// the server refuses it (409) when that attempt is not current.
+	Attempt int
 	// ExpireAt, when set, is when the artifact may be deleted.
 	ExpireAt *time.Time
 }
@@ -198,6 +201,9 @@ func (c *Client) UploadArtifact(ctx context.Context, a ArtifactUpload, opts ...U
 	}
 	if a.WorkRequest != 0 {
 		req.WorkRequest = &a.WorkRequest
+		if a.Attempt != 0 {
+			req.WorkRequestAttempt = &a.Attempt
+		}
 	}
 	for p, local := range a.Files {
 		if err := schemas.ValidateArtifactPath(p); err != nil {

@@ -106,3 +106,20 @@ func (c *Client) SetDeviceHealth(ctx context.Context, name string, change schema
 	}
 	return out, nil
 }
+
+// RequestHealthCheck asks for a health check of a device now (admins
+// only): the scheduler runs a verify on it before its next job. It returns
+// the device with its latest history.
+func (c *Client) RequestHealthCheck(ctx context.Context, name, reason string) (schemas.Device, error) {
+	var out schemas.Device
+	err := c.doJSON(ctx, call{
+		method: http.MethodPost,
+		url:    c.endpoint(devicePath(name, "health-check"), nil),
+		body:   schemas.DeviceHealthCheck{Reason: reason},
+		expect: []int{http.StatusOK},
+	}, &out)
+	if err != nil {
+		return schemas.Device{}, fmt.Errorf("health check of device %q: %w", name, err)
+	}
+	return out, nil
+}

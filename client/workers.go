@@ -140,3 +140,19 @@ func (c *Client) ConfirmKill(ctx context.Context, id int64, attempt int) error {
 	}
 	return nil
 }
+
+// AbandonWorkRequest tells the server that this worker lost attempt of
+// request id (it restarted, or stopped the run to shut down): the server
+// retries the request as a new attempt at once.
+func (c *Client) AbandonWorkRequest(ctx context.Context, id int64, attempt int, reason string) error {
+	err := c.doEmpty(ctx, call{
+		method: http.MethodPost,
+		url:    c.endpoint(workRequestPath(id, "abandoned"), nil),
+		body:   schemas.WorkRequestAbandoned{Attempt: attempt, Reason: reason},
+		expect: []int{http.StatusNoContent},
+	})
+	if err != nil {
+		return fmt.Errorf("abandon work request %d: %w", id, err)
+	}
+	return nil
+}

@@ -62,10 +62,12 @@ func TestOfflineWorkerLearnsOfTheAbortAndIsFlaggedMeanwhile(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be.name, func(t *testing.T) {
 			b := setupWith(t, be, func(c *server.Config) { c.KillConfirmTimeout = time.Second })
-			w := b.startWorker("flaky-net", 1, nil)
+			// A worker process, killed: a worker that is stopped hands its
+			// run back instead.
+			w := b.startWorkerProcess("flaky-net")
 			wr := b.create(b.user, "noop", `{"sleep_seconds": 600}`)
 			b.waitFor("the run", func() bool { return b.get(wr.ID).Status == schemas.StatusRunning })
-			w.stop() // the worker is gone while its run is (as far as the server knows) running
+			w.kill() // the worker is gone while its run is (as far as the server knows) running
 
 			_, err := b.user.AbortWorkRequest(b.ctx, wr.ID)
 			require.NoError(t, err)

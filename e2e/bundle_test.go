@@ -185,13 +185,7 @@ func (b *bundle) startWorker(name string, concurrency int, md schemas.Metadata) 
 // configuration.
 func (b *bundle) startWorkerWith(name string, concurrency int, md schemas.Metadata, change func(*worker.Config)) *testWorker {
 	b.t.Helper()
-	wk, err := b.st.CreateWorker(b.ctx, name, "external")
-	require.NoError(b.t, err)
-	act, err := b.st.CreateActivationToken(b.ctx, wk.ID)
-	require.NoError(b.t, err)
-	wdir := filepath.Join(b.dir, "workers", name)
-	require.NoError(b.t, os.MkdirAll(wdir, 0o700))
-	require.NoError(b.t, os.WriteFile(filepath.Join(wdir, "activation-token"), []byte(act), 0o600))
+	wk, wdir := b.newWorkerRecord(name)
 	w := &testWorker{b: b, id: wk.ID, tokenFile: filepath.Join(wdir, "token")}
 	w.cfg = w.cfgFor(name, concurrency, md)
 	w.cfg.ActivationTokenFile = filepath.Join(wdir, "activation-token")
@@ -200,11 +194,32 @@ func (b *bundle) startWorkerWith(name string, concurrency int, md schemas.Metada
 	}
 	w.start()
 	b.t.Cleanup(w.stop)
+	b.waitConnected(name, wk.ID)
+	return w
+}
+
+// newWorkerRecord creates an enabled worker record and its directory,
+// holding a one-time activation token (activation-token) for it.
+func (b *bundle) newWorkerRecord(name string) (store.Worker, string) {
+	b.t.Helper()
+	wk, err := b.st.CreateWorker(b.ctx, name, "external")
+	require.NoError(b.t, err)
+	act, err := b.st.CreateActivationToken(b.ctx, wk.ID)
+	require.NoError(b.t, err)
+	wdir := filepath.Join(b.dir, "workers", name)
+	require.NoError(b.t, os.MkdirAll(wdir, 0o700))
+	require.NoError(b.t, os.WriteFile(filepath.Join(wdir, "activation-token"), []byte(act), 0o600))
+	return wk, wdir
+}
+
+// waitConnected waits until worker id has heartbeated and reported its
+// metadata.
+func (b *bundle) waitConnected(name string, id int64) {
+	b.t.Helper()
 	b.waitFor("worker "+name+" to connect", func() bool {
-		got, err := b.st.WorkerByID(b.ctx, wk.ID)
+		got, err := b.st.WorkerByID(b.ctx, id)
 		return err == nil && got.LastSeenAt.Valid && got.DynamicMetadataUpdatedAt.Valid
 	})
-	return w
 }
 
 func (w *testWorker) cfgFor(name string, concurrency int, md schemas.Metadata) worker.Config {

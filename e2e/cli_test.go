@@ -20,8 +20,14 @@ import (
 // kiln runs the kiln CLI in-process against the bundle's server as alice.
 func (b *bundle) kiln(stdin string, args ...string) (code int, stdout, stderr string) {
 	b.t.Helper()
-	path := filepath.Join(b.dir, "client.ini")
-	u, err := b.st.UserByName(b.ctx, "alice")
+	return b.kilnAs("alice", stdin, args...)
+}
+
+// kilnAs is kiln with a token of the given user ("admin" is an admin).
+func (b *bundle) kilnAs(user, stdin string, args ...string) (code int, stdout, stderr string) {
+	b.t.Helper()
+	path := filepath.Join(b.dir, "client-"+user+".ini")
+	u, err := b.st.UserByName(b.ctx, user)
 	require.NoError(b.t, err)
 	tok, err := b.st.CreateUserToken(b.ctx, u.ID, "cli")
 	require.NoError(b.t, err)

@@ -83,9 +83,9 @@ func TestDevices(t *testing.T) {
 		require.Equal(t, 0, code, errOut)
 		lines := strings.Split(strings.TrimSpace(out), "\n")
 		require.Len(t, lines, 3, out)
-		require.Equal(t, []string{"NAME", "TYPE", "WORKER", "DECLARED", "STATE", "HEALTH", "DIRTY", "LEASE"}, strings.Fields(lines[0]))
-		require.Equal(t, []string{"qemu-1", "qemu-arm64", "lab-1", "true", "idle", "unknown", "false", "-"}, strings.Fields(lines[1]))
-		require.Equal(t, []string{"rpi4-01", "rpi4", "lab-1", "true", "idle", "unknown", "false", "-"}, strings.Fields(lines[2]))
+		require.Equal(t, []string{"NAME", "TYPE", "WORKER", "DECLARED", "STATE", "HEALTH", "DIRTY", "NEEDS", "LEASE"}, strings.Fields(lines[0]))
+		require.Equal(t, []string{"qemu-1", "qemu-arm64", "lab-1", "true", "idle", "unknown", "false", "-", "-"}, strings.Fields(lines[1]))
+		require.Equal(t, []string{"rpi4-01", "rpi4", "lab-1", "true", "idle", "unknown", "false", "-", "-"}, strings.Fields(lines[2]))
 		code, out, errOut = b.kiln("", "list-devices", "--device-type", "qemu-arm64", "--worker", "lab-1")
 		require.Equal(t, 0, code, errOut)
 		require.Contains(t, out, "qemu-1")
@@ -107,7 +107,7 @@ func TestDevices(t *testing.T) {
 		require.True(t, rpi.Declared)
 		code, out, errOut = b.kiln("", "list-devices", "--device-type", "qemu-arm64")
 		require.Equal(t, 0, code, errOut)
-		require.Equal(t, []string{"qemu-1", "qemu-arm64", "lab-1", "false", "idle", "unknown", "false", "-"},
+		require.Equal(t, []string{"qemu-1", "qemu-arm64", "lab-1", "false", "idle", "unknown", "false", "-", "-"},
 			strings.Fields(strings.Split(strings.TrimSpace(out), "\n")[1]))
 
 		// Another worker cannot take a name; nothing of its list is applied.
@@ -178,6 +178,36 @@ func TestDevices(t *testing.T) {
 		require.Equal(t, "unknown", shown.History[1].From)
 		require.Equal(t, "maintenance", shown.History[1].To)
 		require.Equal(t, "reflashing the bootloader", shown.History[1].Reason)
+
+		// A health check now: admins only, not on a device out of service;
+		// the device then needs a verify, which no job may pass.
+		_, err = b.user.RequestHealthCheck(ctx, "rpi4-01", "")
+		require.True(t, client.IsForbidden(err), "%v", err)
+		_, err = b.admin.SetDeviceHealth(ctx, "qemu-1", schemas.DeviceHealthChange{Health: schemas.HealthMaintenance})
+		require.NoError(t, err)
+		_, err = b.admin.RequestHealthCheck(ctx, "qemu-1", "")
+		require.True(t, client.IsConflict(err), "%v", err)
+		require.Contains(t, err.Error(), "return it to service first")
+		code, out, errOut = b.kilnAs("admin", "", "manage-device", "rpi4-01", "--health-check", "--reason", "new power supply")
+		require.Equal(t, 0, code, errOut)
+		require.NoError(t, yaml.Unmarshal([]byte(out), &shown), out)
+		require.Equal(t, "needs", shown.History[0].Kind)
+		require.Equal(t, "verify", shown.History[0].To)
+		require.Equal(t, "health check requested by admin: new power supply", shown.History[0].Reason)
+		code, out, errOut = b.kiln("", "list-devices", "--device-type", "rpi4")
+		require.Equal(t, 0, code, errOut)
+		require.Equal(t, []string{"rpi4-01", "rpi4", "lab-1", "true", "idle", "unknown", "false", "verify", "-"},
+			strings.Fields(strings.Split(strings.TrimSpace(out), "\n")[1]))
+		// A dut-test's bundle and provision must exist.
+		_, err = b.user.CreateWorkRequest(ctx, schemas.WorkRequestCreate{TaskName: "dut-test",
+			TaskData: []byte(`{"device_type":"rpi4","command":"true","bundle":999999,"provision":{"artifact":999998,"command":"true"}}`)})
+		require.Equal(t, 400, client.StatusCode(err), "%v", err)
+		require.Contains(t, err.Error(), "bundle: artifact 999999 does not exist")
+		require.Contains(t, err.Error(), "provision.artifact: artifact 999998 does not exist")
+		// Special tasks are the scheduler's.
+		_, err = b.admin.CreateWorkRequest(ctx, schemas.WorkRequestCreate{TaskName: "verify", TaskData: []byte(`{"device":"rpi4-01"}`)})
+		require.Equal(t, 400, client.StatusCode(err), "%v", err)
+		require.Contains(t, err.Error(), "created by the scheduler")
 
 		// Unknown devices.
 		_, err = b.user.GetDevice(ctx, "nope")

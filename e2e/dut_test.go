@@ -17,6 +17,7 @@ import (
 	"github.com/kiln-ci/kiln/client"
 	"github.com/kiln-ci/kiln/e2e/labtest"
 	"github.com/kiln-ci/kiln/schemas"
+	"github.com/kiln-ci/kiln/server"
 	"github.com/kiln-ci/kiln/tasks"
 	"github.com/kiln-ci/kiln/worker"
 )
@@ -173,6 +174,23 @@ func intervals(t *testing.T, b *bundle, dut *labtest.DUT) [][2]int64 {
 // stampScript records, on the device, when the job starts and ends.
 const stampScript = `s=$(date +%s%N); sleep 1; echo "$s $(date +%s%N)" >> "$HOME/stamps"`
 
+// rendezvous makes a directory that the accounts of every DUT may write:
+// the DUTs are network namespaces on this host and share its file system.
+func rendezvous(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "kiln-meet-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o1777))
+	return dir
+}
+
+// meetScript stamps the device, marks dir with mine and waits up to a
+// minute for the other job's mark; it fails if that never comes.
+func meetScript(dir, mine, other string) string {
+	return fmt.Sprintf(`%s; touch %s/%s; i=0; while [ ! -e %s/%s ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; test -e %s/%s`,
+		stampScript, dir, mine, dir, other, dir, other)
+}
+
 func TestDUTLeases(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
 		one, two := labtest.New(t, "lease1"), labtest.New(t, "lease2")
@@ -193,16 +211,18 @@ func TestDUTLeases(t *testing.T) {
 		}
 
 		// Two jobs for either device run at the same time, one on each.
-		a := b.create(b.user, "dut-test", dutData(t, map[string]any{"script": stampScript + "; sleep 1"}))
-		c := b.create(b.user, "dut-test", dutData(t, map[string]any{"script": stampScript + "; sleep 1"}))
-		require.Equal(t, schemas.ResultSuccess, b.wait(a.ID).Result)
-		require.Equal(t, schemas.ResultSuccess, b.wait(c.ID).Result)
-		ivOne, ivTwo := intervals(t, b, one), intervals(t, b, two)
-		require.Len(t, ivOne, 4)
-		require.Len(t, ivTwo, 1)
-		last := ivOne[len(ivOne)-1]
-		require.Less(t, ivTwo[0][0], last[1], "the two jobs ran in parallel")
-		require.Less(t, last[0], ivTwo[0][1], "the two jobs ran in parallel")
+		// Each leaves a mark in a directory both devices see and succeeds
+		// only once it has seen the other's: a rendezvous, so that slow
+		// pre-job checks on a loaded machine cannot make the proof flaky.
+		meet := rendezvous(t)
+		a := b.create(b.user, "dut-test", dutData(t, map[string]any{"script": meetScript(meet, "a", "c")}))
+		c := b.create(b.user, "dut-test", dutData(t, map[string]any{"script": meetScript(meet, "c", "a")}))
+		for _, id := range []int64{a.ID, c.ID} {
+			wr := b.wait(id)
+			require.Equal(t, schemas.ResultSuccess, wr.Result, "the two jobs ran in parallel; output: %s", wr.Output)
+		}
+		require.Len(t, intervals(t, b, one), 4, "one job on each device")
+		require.Len(t, intervals(t, b, two), 1, "one job on each device")
 
 		// A request for a device type nobody has says so.
 		none := b.create(b.user, "dut-test", dutData(t, map[string]any{"device_type": "toaster", "command": "true"}))
@@ -239,7 +259,8 @@ func TestDUTAbortKillsTheRemoteTest(t *testing.T) {
 		t.Logf("abort -> remote test gone: %v", time.Since(start))
 		b.waitFor("the power-off", func() bool { return !dut.Up() })
 		d := b.waitDeviceFree(dut.Name)
-		require.Equal(t, schemas.HealthUnknown, d.Health)
+		require.Equal(t, schemas.HealthGood, d.Health, "an abort is not the device's fault")
+		require.True(t, d.Dirty)
 
 		next := b.wait(b.create(b.user, "dut-test", dutData(t, map[string]any{"script": "echo next"})).ID)
 		require.Equal(t, schemas.ResultSuccess, next.Result, "output: %s", next.Output)
@@ -252,17 +273,74 @@ func TestDUTAbortKillsTheRemoteTest(t *testing.T) {
 	})
 }
 
+// forEachBackendWith is forEachBackend with a server configuration change.
+func forEachBackendWith(t *testing.T, change func(*server.Config), f func(t *testing.T, b *bundle)) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			f(t, setupWith(t, be, change))
+		})
+	}
+}
+
+// breakablePower gives a device power commands that fail, as a PDU that
+// does not answer, while the file broken exists.
+func breakablePower(broken string) func(*tasks.Device) {
+	guard := "if [ -e " + broken + " ]; then echo the PDU does not answer >&2; exit 1; fi; "
+	return func(d *tasks.Device) {
+		d.Power.On, d.Power.Off, d.Power.Reset = guard+d.Power.On, guard+d.Power.Off, guard+d.Power.Reset
+	}
+}
+
+// waitHealth waits until a device has health h and needs nothing.
+func (b *bundle) waitHealth(name string, h schemas.DeviceHealth) schemas.Device {
+	b.t.Helper()
+	var d schemas.Device
+	b.waitFor("device "+name+" to be "+string(h), func() bool {
+		d = b.device(name)
+		return d.Health == h && d.Needs == "" && d.UpkeepWorkRequest == nil
+	})
+	return d
+}
+
+// history lists a device's changes of one kind, oldest first, as "to".
+func (b *bundle) history(name, kind string) []string {
+	b.t.Helper()
+	var out []string
+	h := b.device(name).History
+	for i := len(h) - 1; i >= 0; i-- {
+		if h[i].Kind == kind {
+			out = append(out, h[i].To)
+		}
+	}
+	return out
+}
+
+// ranOn lists the work requests a device was leased to.
+func (b *bundle) ranOn(name string) []int64 {
+	b.t.Helper()
+	var ids []int64
+	for _, e := range b.device(name).History {
+		if e.Kind == "state" && e.To == string(schemas.DeviceReserved) && e.WorkRequest != nil {
+			ids = append(ids, *e.WorkRequest)
+		}
+	}
+	return ids
+}
+
 func TestDUTInfrastructureErrorRetriesOnAnotherDevice(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b *bundle) {
 		// "broken" sorts first, so the first request gets it.
 		broken, good := labtest.New(t, "broken"), labtest.New(t, "good")
-		require.NoError(t, broken.PowerOff())
-		b.labWorkerWith("lab", 2, func(d *tasks.Device) {
-			if d.Name == broken.Name {
-				d.Power.On, d.Power.Reset = "echo the PDU does not answer >&2; exit 1", ""
-			}
-		}, broken, good)
+		flag := filepath.Join(b.dir, "pdu-broken")
+		b.labWorkerWith("lab", 2, breakablePower(flag), broken, good)
+		// New devices are checked first.
+		b.waitHealth(broken.Name, schemas.HealthGood)
+		b.waitHealth(good.Name, schemas.HealthGood)
+		require.Equal(t, []string{"verify", ""}, b.history(broken.Name, "needs"))
 
+		// The device dies between jobs: the job finds out.
+		require.NoError(t, broken.PowerOff())
+		require.NoError(t, os.WriteFile(flag, nil, 0o600))
 		first := b.wait(b.create(b.user, "dut-test", dutData(t, map[string]any{"script": "echo ran on the device"})).ID)
 		require.Equal(t, schemas.ResultError, first.Result, "output: %s", first.Output)
 		require.Equal(t, schemas.ErrorInfrastructure, first.ErrorType, "an infrastructure error is not a test failure")
@@ -272,22 +350,135 @@ func TestDUTInfrastructureErrorRetriesOnAnotherDevice(t *testing.T) {
 			first = b.get(first.ID)
 			return first.SupersededBy != nil
 		})
-
 		retry := b.wait(*first.SupersededBy)
 		require.Equal(t, schemas.ResultSuccess, retry.Result, "output: %s", retry.Output)
 		require.Contains(t, retry.Output, "ran on the device")
-		d := b.device(broken.Name)
-		require.Equal(t, schemas.HealthBad, d.Health, "the broken device is out of service")
-		var ranOn []int64
-		for _, e := range b.device(good.Name).History {
-			if e.WorkRequest != nil {
-				ranOn = append(ranOn, *e.WorkRequest)
+		require.Contains(t, b.ranOn(good.Name), retry.ID, "the retry ran on the other device")
+
+		// The broken device went to repair, which failed: out of service.
+		d := b.waitHealth(broken.Name, schemas.HealthBad)
+		require.Equal(t, []string{"verify", "", "repair", ""}, b.history(broken.Name, "needs"))
+		for _, e := range d.History {
+			if e.Kind == "health" && e.To == "bad" {
+				require.Contains(t, e.Reason, "repair failed")
 			}
 		}
-		require.Contains(t, ranOn, retry.ID, "the retry ran on the other device")
 
 		// Requests keep going to the good device.
 		next := b.wait(b.create(b.user, "dut-test", dutData(t, map[string]any{"script": "true"})).ID)
 		require.Equal(t, schemas.ResultSuccess, next.Result)
+		require.Contains(t, b.ranOn(good.Name), next.ID)
+	})
+}
+
+func TestDUTFailedVerifyIsResetAndRepaired(t *testing.T) {
+	forEachBackendWith(t, func(c *server.Config) {
+		c.Devices.PreJob = "always"
+		c.Devices.BadRecheck = time.Second
+	}, func(t *testing.T, b *bundle) {
+		broken, good := labtest.New(t, "vbroken"), labtest.New(t, "vgood")
+		flag := filepath.Join(b.dir, "pdu-broken")
+		b.labWorkerWith("lab", 2, breakablePower(flag), broken, good)
+		b.waitHealth(broken.Name, schemas.HealthGood)
+		b.waitHealth(good.Name, schemas.HealthGood)
+
+		// The device's sshd is down and its power does not help: verify,
+		// reset and repair fail, and the job goes to the other device.
+		require.NoError(t, broken.PowerOff())
+		require.NoError(t, os.WriteFile(flag, nil, 0o600))
+		first := b.wait(b.create(b.user, "dut-test", dutData(t, map[string]any{"script": "echo ran on the device"})).ID)
+		require.Equal(t, schemas.ResultError, first.Result, "output: %s", first.Output)
+		require.Equal(t, schemas.ErrorInfrastructure, first.ErrorType, "an infrastructure error is not a test failure")
+		require.Contains(t, first.Reason, broken.Name)
+		require.NotContains(t, b.ranOn(broken.Name), first.ID, "the job never got the broken device")
+		b.waitFor("the automatic retry", func() bool {
+			first = b.get(first.ID)
+			return first.SupersededBy != nil
+		})
+		retry := b.wait(*first.SupersededBy)
+		require.Equal(t, schemas.ResultSuccess, retry.Result, "output: %s", retry.Output)
+		require.Contains(t, b.ranOn(good.Name), retry.ID)
+		require.Equal(t, []string{"verify", "", "verify", "reset", "repair", ""}, b.history(broken.Name, "needs")[:6])
+		require.Contains(t, b.history(broken.Name, "health"), "bad")
+		// Each step was a work request of its own.
+		for _, task := range []string{"verify", "reset", "repair"} {
+			wrs, err := b.admin.ListWorkRequests(b.ctx, client.ListOptions{TaskName: task})
+			require.NoError(t, err)
+			require.NotEmpty(t, wrs, "no %s request", task)
+		}
+
+		// The bad device is verified again on a schedule, and returns to
+		// service once it answers.
+		require.NoError(t, os.Remove(flag))
+		require.NoError(t, broken.PowerOn())
+		b.waitHealth(broken.Name, schemas.HealthGood)
+		again := b.wait(b.create(b.user, "dut-test", dutData(t, map[string]any{"device": broken.Name, "script": "true"})).ID)
+		require.Equal(t, schemas.ResultSuccess, again.Result, "output: %s", again.Output)
+	})
+}
+
+func TestDUTHealthChecks(t *testing.T) {
+	forEachBackendWith(t, func(c *server.Config) {
+		c.Devices.PreJob = "never"
+		c.Devices.HealthCheckJobs = 2
+	}, func(t *testing.T, b *bundle) {
+		dut := labtest.New(t, "hc")
+		b.labWorker("lab", 1, dut)
+		b.waitHealth(dut.Name, schemas.HealthGood)
+
+		// Every second job is followed by a health check.
+		for range 2 {
+			require.Equal(t, schemas.ResultSuccess, b.wait(b.create(b.user, "dut-test", dutData(t, map[string]any{"script": "true"})).ID).Result)
+		}
+		d := b.waitHealth(dut.Name, schemas.HealthGood)
+		b.waitFor("the health check", func() bool {
+			d = b.device(dut.Name)
+			return len(b.history(dut.Name, "needs")) == 4 && d.Needs == ""
+		})
+		require.Equal(t, 0, d.JobsSinceHealthCheck)
+		require.True(t, d.Dirty, "policy never: no cleanup")
+		var reasons []string
+		for _, e := range d.History {
+			if e.Kind == "needs" && e.To == "verify" {
+				reasons = append(reasons, e.Reason)
+			}
+		}
+		require.Equal(t, []string{"health check: 2 jobs since the last one", "health unknown: first check"}, reasons)
+
+		// An admin asks for one now.
+		code, _, errOut := b.kilnAs("admin", "", "manage-device", dut.Name, "--health-check")
+		require.Equal(t, 0, code, errOut)
+		b.waitFor("the requested health check", func() bool {
+			return len(b.history(dut.Name, "needs")) == 6 && b.device(dut.Name).Needs == ""
+		})
+
+		// In maintenance it gets no work and no checks; returned, it is
+		// checked before its next job.
+		_, err := b.admin.SetDeviceHealth(b.ctx, dut.Name, schemas.DeviceHealthChange{Health: schemas.HealthMaintenance, Reason: "rewiring"})
+		require.NoError(t, err)
+		m := b.create(b.user, "dut-test", dutData(t, map[string]any{"script": "true"}))
+		b.waitFor("the waiting reason", func() bool {
+			return strings.Contains(b.get(m.ID).WaitingReason, "out of service (maintenance: "+dut.Name+")")
+		})
+		code, out, errOut := b.kiln("", "list-devices")
+		require.Equal(t, 0, code, errOut)
+		require.Contains(t, out, "maintenance")
+		_, err = b.admin.SetDeviceHealth(b.ctx, dut.Name, schemas.DeviceHealthChange{Health: schemas.HealthUnknown, Reason: "back"})
+		require.NoError(t, err)
+		require.Equal(t, schemas.ResultSuccess, b.wait(m.ID).Result)
+		require.Equal(t, "verify", b.history(dut.Name, "needs")[6])
+
+		// A job that asks for a provision gets it, as a request of its
+		// own, before it runs.
+		pkg := filepath.Join(b.dir, "install.sh")
+		require.NoError(t, os.WriteFile(pkg, []byte("echo installed > \"$HOME/firmware\"\n"), 0o644))
+		art, err := b.user.UploadArtifact(b.ctx, client.ArtifactUpload{Category: "kiln:firmware",
+			Data: map[string]any{}, Files: map[string]string{"install.sh": pkg}})
+		require.NoError(t, err)
+		prov := b.wait(b.create(b.user, "dut-test", dutData(t, map[string]any{"script": "cat $HOME/firmware",
+			"provision": map[string]any{"artifact": art.ID, "command": "sh install.sh"}})).ID)
+		require.Equal(t, schemas.ResultSuccess, prov.Result, "output: %s", prov.Output)
+		require.Contains(t, prov.Output, "installed")
+		require.Contains(t, b.history(dut.Name, "needs"), "provision")
 	})
 }

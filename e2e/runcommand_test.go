@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -14,55 +12,16 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/kiln-ci/kiln/e2e/testtasks"
 	"github.com/kiln-ci/kiln/schemas"
 	"github.com/kiln-ci/kiln/server"
 	"github.com/kiln-ci/kiln/tasks"
 )
 
-// script is a run-command task for tests: it runs task data "script" with
-// sh in the run's execution directory.
-type script struct{ tasks.Noop }
-
-func (script) Name() string { return "script" }
-
-func (script) Requirements(json.RawMessage) (tasks.Requirements, error) {
-	return tasks.Requirements{}, nil
-}
-
-func (s script) CanRunOn(req tasks.Requirements, md schemas.Metadata) error {
-	return tasks.BaseCanRunOn(s, req, md)
-}
-
-func (script) Execute(ctx context.Context, data json.RawMessage, env tasks.Env) (schemas.Result, error) {
-	var d struct {
-		Script string `json:"script"`
-	}
-	if err := json.Unmarshal(data, &d); err != nil {
-		return schemas.ResultError, err
-	}
-	return tasks.RunProgram(ctx, env, scriptProgram{d.Script})
-}
-
-type scriptProgram struct{ script string }
-
-func (scriptProgram) FetchInput(context.Context, tasks.Env, string) ([]int64, error) { return nil, nil }
-func (scriptProgram) Configure(context.Context, tasks.Env, string) error             { return nil }
-func (p scriptProgram) CommandLine(tasks.Env, string, string) ([]string, error) {
-	return []string{"sh", "-c", p.script}, nil
-}
-func (scriptProgram) CheckOutput(tasks.Env, string) []string                { return nil }
-func (scriptProgram) Upload(context.Context, tasks.Env, string, bool) error { return nil }
-func (scriptProgram) Succeeded(code int, _ string) bool                     { return code == 0 }
-
-const scriptSchema = `{"type": "object", "required": ["script"], "additionalProperties": false,
-  "properties": {"script": {"type": "string"}, "timeout": {"type": "number", "exclusiveMinimum": 0}}}`
-
+// withScript gives the server (and the in-process workers) the test task
+// "script" (testtasks.Script).
 func withScript(c *server.Config) {
-	reg := tasks.Default()
-	if err := reg.RegisterWithSchema(script{}, []byte(scriptSchema)); err != nil {
-		panic(err)
-	}
-	c.Registry = reg
+	c.Registry = testtasks.Registry()
 }
 
 // gone reports whether no process with that pid is alive (zombies count as

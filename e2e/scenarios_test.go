@@ -283,6 +283,7 @@ func TestBadRequests(t *testing.T) {
 			{"unknown task", tok, `{"task_name": "nope", "task_data": {}}`, 400, "/task_name", "not registered"},
 			{"unknown field", tok, `{"task_name": "noop", "task_data": {}, "colour": "red"}`, 400, "/colour", "Cannot deserialize"},
 			{"malformed JSON", tok, `{"task_name": "noop", `, 400, "", "Malformed JSON"},
+			{"too deep", tok, `{"task_name": "noop", "task_data": {"x": ` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}}`, 400, "", "Cannot deserialize"},
 			{"oversized body", tok, `{"task_name": "noop", "task_data": {"x": "` + strings.Repeat("a", 2<<20) + `"}}`, 413, "", "too large"},
 			{"unknown workspace", tok, `{"task_name": "noop", "task_data": {}, "workspace": "Nope"}`, 404, "", "Workspace not found"},
 			{"missing token", "", `{"task_name": "noop", "task_data": {}}`, 403, "", "Error"},

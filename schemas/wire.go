@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -86,6 +87,9 @@ type WorkRequest struct {
 	// KillPending: aborted or timed out while running, and its worker has
 	// not confirmed yet that everything it ran is gone.
 	KillPending bool `json:"kill_pending"`
+	// WorkerLostRetries counts the automatic retries, as new attempts,
+	// after the request's worker was lost.
+	WorkerLostRetries int `json:"worker_lost_retries"`
 	// TimeoutSeconds is the run-time limit; DeadlineAt is set when it starts.
 	TimeoutSeconds int        `json:"timeout_seconds"`
 	DeadlineAt     *time.Time `json:"deadline_at"`
@@ -154,6 +158,15 @@ type WorkRequestKilled struct {
 	Attempt int `json:"attempt"`
 }
 
+// WorkRequestAbandoned is the body of POST
+// /api/1.0/work-request/ID/abandoned/ (Kiln): a worker lost that attempt of
+// the request (it restarted, or stopped the run to shut down), and the
+// server retries it as a new attempt at once, as when a lease expires.
+type WorkRequestAbandoned struct {
+	Attempt int    `json:"attempt"`
+	Reason  string `json:"reason,omitempty"`
+}
+
 // WorkRequestStart is the body of POST /api/1.0/work-request/ID/start/ (Kiln),
 // which a worker calls when it takes an assignment from NATS.
 type WorkRequestStart struct {
@@ -198,7 +211,19 @@ type WorkerConfig struct {
 	// HeartbeatInterval is how often to publish them (Go duration text).
 	HeartbeatInterval string `json:"heartbeat_interval"`
 	Concurrency       int    `json:"concurrency"`
+	// NATSAuth is "worker-token" when the worker must present its own
+	// token to NATS (Kiln's embedded nats-server); empty when the NATS
+	// server needs no credentials or the worker's own (--nats-creds).
+	NATSAuth string `json:"nats_auth,omitempty"`
+	// NATSInbox is the inbox prefix the worker's NATS connection must use:
+	// the only subjects it may subscribe to are below it.
+	NATSInbox string `json:"nats_inbox,omitempty"`
 }
+
+// NATSAuthWorkerToken in WorkerConfig.NATSAuth tells a worker to present
+// its own token to NATS: Kiln's embedded nats-server admits each worker by
+// it and confines it to its own subjects.
+const NATSAuthWorkerToken = "worker-token"
 
 // Assignment is the NATS message that hands a work request to a worker.
 type Assignment struct {
@@ -213,6 +238,16 @@ type Assignment struct {
 type Heartbeat struct {
 	WorkerID int64   `json:"worker_id"`
 	Running  []int64 `json:"running"`
+	// Runs are the runs the worker holds, with their attempts (Kiln): the
+	// server renews their leases, and tells the worker to stop those that
+	// are not its own any more.
+	Runs []RunRef `json:"runs,omitempty"`
+}
+
+// RunRef is one run of a work request: its id and attempt.
+type RunRef struct {
+	ID      int64 `json:"id"`
+	Attempt int   `json:"attempt"`
 }
 
 // WhoAmI is the body of GET /api/1.0/whoami/: debusine's user, auth and
@@ -294,6 +329,10 @@ type ArtifactCreate struct {
 	// WorkRequest links the artifact to the work request that made it; only
 	// the worker running that work request may set it.
 	WorkRequest *int64 `json:"work_request,omitempty"`
+	// WorkRequestAttempt (Kiln) is the attempt of WorkRequest that made
+	// the artifact: the server refuses one from an attempt that is not
+	// the request's current one (a worker taken for lost).
+	WorkRequestAttempt *int `json:"work_request_attempt,omitempty"`
 	// ExpireAt is when the artifact may be deleted; nil keeps it.
 	ExpireAt *time.Time `json:"expire_at,omitempty"`
 }
@@ -432,7 +471,7 @@ func ValidateArtifactPath(p string) error {
 		switch {
 		case r == 0:
 			return errors.New("the path contains a NUL byte")
-		case r < 0x20 || r == 0x7f:
+		case unicode.IsControl(r): // C0, DEL and C1 (U+0080-U+009F)
 			return errors.New("the path contains a control character")
 		case r == '\\':
 			return errors.New("the path contains a backslash")

@@ -65,6 +65,7 @@ func (s *Server) Handler() http.Handler {
 			r.Post("/work-request/{id}/start/", s.startWorkRequest)
 			r.Put("/work-request/{id}/completed/", s.completeWorkRequest)
 			r.Post("/work-request/{id}/killed/", s.killedWorkRequest)
+			r.Post("/work-request/{id}/abandoned/", s.abandonedWorkRequest)
 		})
 		s.artifactRoutes(r)
 
@@ -98,7 +99,7 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 
 // authenticate resolves the Token header (any case, as debusine) to a user or
 // a worker. An unknown token is not an error here: endpoints that need one
-// say so.
+// say so. An expired user token is: 403 token-expired (tokenexpiry.go).
 func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok := r.Header.Get("Token")
@@ -106,18 +107,29 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		if tok != "" {
 			if u, err := s.store.UserForToken(ctx, tok); err == nil {
 				ctx = context.WithValue(ctx, userKey, &u)
+			} else if errors.Is(err, store.ErrTokenExpired) {
+				s.tokenExpired(w, err)
+				return
 			} else if !errors.Is(err, store.ErrNotFound) {
-				problem(w, http.StatusServiceUnavailable, "Error", "cannot check the token: database unavailable")
+				s.tokenCheckFailed(w, err)
 				return
 			} else if wk, err := s.store.WorkerForToken(ctx, tok); err == nil {
 				ctx = context.WithValue(ctx, workerKey, &wk)
 			} else if !errors.Is(err, store.ErrNotFound) {
-				problem(w, http.StatusServiceUnavailable, "Error", "cannot check the token: database unavailable")
+				s.tokenCheckFailed(w, err)
 				return
 			}
 		}
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// tokenCheckFailed answers a request whose token could not be checked:
+// 503 with Retry-After, the database being away (or failing).
+func (s *Server) tokenCheckFailed(w http.ResponseWriter, err error) {
+	s.log.Warn().Err(err).Msg("cannot check a token")
+	w.Header().Set("Retry-After", retryAfterSeconds)
+	problem(w, http.StatusServiceUnavailable, "Error", "cannot check the token: database unavailable")
 }
 
 // checkScope accepts requests without X-Debusine-Scope or naming this

@@ -387,6 +387,12 @@ func (s *Server) createArtifact(w http.ResponseWriter, r *http.Request) {
 				Detail: "a worker may only create artifacts for the work requests it runs"})
 			return
 		}
+		if a := in.WorkRequestAttempt; a != nil && *a != wr.Attempt {
+			writeProblem(w, schemas.Problem{Status: http.StatusConflict, Code: "stale-attempt",
+				Title:  fmt.Sprintf("Attempt %d of work request %d is not its current attempt (%d)", *a, wr.ID, wr.Attempt),
+				Detail: "the server took the request back from this run; its artifacts are not kept"})
+			return
+		}
 		n.WorkRequestID, n.CreatedByWorker = wr.ID, wk.ID
 	case u == nil:
 		writeProblem(w, schemas.Problem{Status: http.StatusForbidden, Code: "user-token-required",

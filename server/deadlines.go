@@ -14,8 +14,8 @@ import (
 
 // enforceDeadlines (run every second on the scheduler leader) ends runs
 // past their run-time limit (result error, reason timeout, and an abort to
-// their worker), and stops waiting for kill confirmations past their
-// deadline.
+// their worker), stops waiting for kill confirmations past their deadline,
+// and takes back the requests of lost workers (expireLeases).
 func (s *Server) enforceDeadlines(ctx context.Context) {
 	now := time.Now()
 	timedOut, err := s.store.TimeOut(ctx, now, now.Add(s.cfg.KillConfirmTimeout))
@@ -42,6 +42,7 @@ func (s *Server) enforceDeadlines(ctx context.Context) {
 	if len(timedOut) > 0 || len(expired) > 0 {
 		s.kickScheduler()
 	}
+	s.expireLeases(ctx)
 }
 
 // killedWorkRequest is the worker's confirmation that an aborted or

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
@@ -43,6 +44,7 @@ func (s *Server) deviceRoutes(r chi.Router) {
 	r.Group(func(r chi.Router) {
 		r.Use(s.requireUser)
 		r.Post("/device/{name}/health/", s.setDeviceHealth)
+		r.Post("/device/{name}/health-check/", s.requestHealthCheck)
 	})
 }
 
@@ -231,6 +233,11 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	s.writeDevice(w, r, d)
+}
+
+// writeDevice answers 200 with the device and its latest history.
+func (s *Server) writeDevice(w http.ResponseWriter, r *http.Request, d store.Device) {
 	out, err := s.deviceToWire(r, d, true)
 	if err != nil {
 		s.internal(w, err)
@@ -261,9 +268,7 @@ func (s *Server) setDeviceHealth(w http.ResponseWriter, r *http.Request) {
 			ValidationErrors: map[string][]string{"/health": {msg}}})
 		return
 	}
-	if len(in.Reason) > maxReasonBytes {
-		in.Reason = in.Reason[:maxReasonBytes]
-	}
+	in.Reason = truncate(in.Reason, maxReasonBytes)
 	name := chi.URLParam(r, "name")
 	if !tasks.ValidDeviceName(name) {
 		deviceNotFound(w)
@@ -280,10 +285,64 @@ func (s *Server) setDeviceHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info().Str("device", d.Name).Str("health", d.Health).Str("user", u.Username).Str("reason", in.Reason).Msg("device health changed")
 	s.kickScheduler()
-	out, err := s.deviceToWire(r, d, true)
-	if err != nil {
+	s.writeDevice(w, r, d)
+}
+
+// requestHealthCheck is an admin asking for a health check of a device
+// now: the scheduler runs a verify on it before any other job (a device
+// that already needs a special task keeps that one, which checks it too).
+func (s *Server) requestHealthCheck(w http.ResponseWriter, r *http.Request) {
+	u := userFrom(r.Context())
+	if !u.IsAdmin {
+		forbidden(w, "admin-required", "You do not have permission to perform this action: only admins may ask for a health check.")
+		return
+	}
+	var in schemas.DeviceHealthCheck
+	if r.ContentLength != 0 && !s.decodeBody(w, r, &in, "Cannot request a health check") {
+		return
+	}
+	d, ok := s.deviceFromPath(w, r)
+	if !ok {
+		return
+	}
+	reason := "health check requested by " + u.Username
+	if in.Reason != "" {
+		reason += ": " + truncate(in.Reason, maxReasonBytes)
+	}
+	_, err := s.store.SetDeviceNeeds(r.Context(), d.ID, schemas.DeviceTaskVerify, reason)
+	switch {
+	case errors.Is(err, store.ErrConflict):
+		problem(w, http.StatusConflict, "Cannot request a health check",
+			fmt.Sprintf("device %s is %s: return it to service first (its return runs a health check)", d.Name, describeOutOfService(d)))
+		return
+	case err != nil:
 		s.internal(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, out)
+	s.log.Info().Str("device", d.Name).Str("user", u.Username).Msg("health check requested")
+	s.kickScheduler()
+	if d, err = s.store.DeviceByName(r.Context(), d.Name); err != nil {
+		s.internal(w, err)
+		return
+	}
+	s.writeDevice(w, r, d)
+}
+
+// describeOutOfService says why a device takes no health check.
+func describeOutOfService(d store.Device) string {
+	if !d.Declared {
+		return "no longer declared by its worker"
+	}
+	return "in " + d.Health
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }

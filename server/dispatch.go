@@ -97,7 +97,11 @@ func (s *Server) subscribe(ctx context.Context) error {
 		}
 		t := time.Now()
 		reconnected, err := s.store.TouchWorker(ctx, hb.WorkerID, t, t.Add(-s.cfg.HeartbeatTimeout))
+		if err == nil {
+			err = s.renewLeases(ctx, hb, t)
+		}
 		if err != nil {
+			s.heartbeatLost()
 			if ctx.Err() == nil {
 				s.log.Warn().Err(err).Int64("worker", hb.WorkerID).Msg("heartbeat")
 			}

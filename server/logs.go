@@ -30,6 +30,10 @@ func (s *Server) getLog(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, err)
 		return
 	}
+	if !visible(r, wr) {
+		s.storeError(w, store.ErrNotFound)
+		return
+	}
 	follow := r.URL.Query().Get("follow")
 	if follow == "1" || follow == "true" {
 		s.followLog(w, r, wr)
@@ -40,7 +44,7 @@ func (s *Server) getLog(w http.ResponseWriter, r *http.Request) {
 		problem(w, http.StatusServiceUnavailable, "Live logs unavailable", err.Error())
 		return
 	}
-	subject := s.names.LogSubject(id)
+	subject := s.names.RequestLogSubjects(id)
 	last, err := stream.GetLastMsgForSubject(r.Context(), subject)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -64,6 +68,9 @@ func (s *Server) getLog(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		c := chunkOf(msg)
+		if !s.fromItsWorker(r.Context(), msg, c, &wr) {
+			continue
+		}
 		if prevAttempt != 0 && c.Attempt != prevAttempt {
 			fmt.Fprintf(w, "\n[kiln: attempt %d]\n", c.Attempt)
 		}
@@ -73,6 +80,31 @@ func (s *Server) getLog(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// fromItsWorker reports whether a log chunk came from the worker that runs
+// (or ran) its attempt. On the embedded nats-server a worker can publish
+// only under its own id, so a chunk of the current attempt from another
+// worker is forged and dropped. The workers of earlier attempts are not
+// recorded; their chunks are kept. wr is reloaded when a chunk shows that
+// a newer attempt started.
+func (s *Server) fromItsWorker(ctx context.Context, msg jetstream.Msg, c schemas.LogChunk, wr *store.WorkRequest) bool {
+	if c.Attempt > wr.Attempt {
+		if cur, err := s.store.WorkRequest(context.WithoutCancel(ctx), wr.ID); err == nil {
+			*wr = cur
+		}
+	}
+	switch {
+	case c.Attempt < wr.Attempt:
+		return true
+	case c.Attempt > wr.Attempt:
+		return false
+	}
+	ok := wr.WorkerID.Valid && s.names.LogSender(msg.Subject()) == wr.WorkerID.Int64
+	if !ok {
+		s.log.Warn().Int64("work_request", wr.ID).Str("subject", msg.Subject()).Msg("log chunk from a worker that does not run the request dropped")
+	}
+	return ok
 }
 
 func chunkOf(msg jetstream.Msg) schemas.LogChunk {
@@ -90,7 +122,7 @@ func (s *Server) followLog(w http.ResponseWriter, r *http.Request, wr store.Work
 		return
 	}
 	cons, err := s.js.OrderedConsumer(ctx, s.names.LogStream(),
-		jetstream.OrderedConsumerConfig{FilterSubjects: []string{s.names.LogSubject(wr.ID)}})
+		jetstream.OrderedConsumerConfig{FilterSubjects: []string{s.names.RequestLogSubjects(wr.ID)}})
 	if err != nil {
 		problem(w, http.StatusServiceUnavailable, "Live logs unavailable", err.Error())
 		return
@@ -111,6 +143,9 @@ func (s *Server) followLog(w http.ResponseWriter, r *http.Request, wr store.Work
 		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
 		if err == nil {
 			c := chunkOf(msg)
+			if !s.fromItsWorker(ctx, msg, c, &wr) {
+				continue
+			}
 			if c.EOF {
 				eof[c.Attempt] = true
 			}

@@ -46,6 +46,10 @@ func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any, title
 	if len(strings.TrimSpace(string(body))) == 0 {
 		body = []byte("{}")
 	}
+	if jsonDepth(body) > maxJSONDepth {
+		problem(w, http.StatusBadRequest, title, fmt.Sprintf("the JSON is nested deeper than %d levels", maxJSONDepth))
+		return false
+	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
 		writeProblem(w, decodeProblem(err, title))
@@ -138,4 +142,33 @@ func decodeProblem(err error, title string) schemas.Problem {
 			ValidationErrors: map[string][]string{ptr: {fmt.Sprintf("expected %s, got %s", typ.Type, typ.Value)}}}
 	}
 	return schemas.Problem{Status: http.StatusBadRequest, Title: "Malformed JSON", Detail: err.Error()}
+}
+
+// maxJSONDepth bounds the nesting of request bodies: no Kiln or debusine
+// body comes near it, and a deep one costs the decoders' recursion.
+const maxJSONDepth = 64
+
+// jsonDepth is the deepest nesting of objects and arrays in b, counted
+// outside strings; b need not be valid JSON.
+func jsonDepth(b []byte) int {
+	depth, deepest, inString, escaped := 0, 0, false, false
+	for _, c := range b {
+		switch {
+		case inString && escaped:
+			escaped = false
+		case inString && c == '\\':
+			escaped = true
+		case inString && c == '"':
+			inString = false
+		case inString:
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+			deepest = max(deepest, depth)
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return deepest
 }

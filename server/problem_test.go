@@ -97,3 +97,20 @@ func FuzzCursor(f *testing.F) {
 		}
 	})
 }
+
+func TestJSONDepth(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int
+	}{
+		{`{}`, 1},
+		{`{"a": [1, {"b": []}]}`, 4},
+		{`{"a": "[[[{{{"}`, 1},
+		{`{"a": "\"[[["}`, 1},
+		{`{"a": "\\", "b": [[]]}`, 3},
+		{strings.Repeat("[", 100) + strings.Repeat("]", 100), 100},
+		{`1`, 0},
+	} {
+		require.Equal(t, c.want, jsonDepth([]byte(c.in)), c.in)
+	}
+}

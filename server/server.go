@@ -2,14 +2,15 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,6 +32,9 @@ import (
 type Config struct {
 	// Listen is the HTTP address (default 127.0.0.1:8080).
 	Listen string
+	// TLSCert and TLSKey, both set, make the server listen with HTTPS
+	// (PEM files: the certificate chain and its key).
+	TLSCert, TLSKey string
 	// DataDir holds SQLite, the embedded JetStream store and artifacts
 	// (default ./kiln-data).
 	DataDir string
@@ -41,6 +45,12 @@ type Config struct {
 	NATSURL string
 	// NATSListen is the embedded NATS address (default 127.0.0.1:4223).
 	NATSListen string
+	// NATSTLSCert and NATSTLSKey, both set, make the embedded NATS server
+	// require TLS from workers.
+	NATSTLSCert, NATSTLSKey string
+	// NATSCreds is a NATS credentials file (user JWT and nkey seed) with
+	// which the server connects to an external NATS that uses accounts.
+	NATSCreds string
 	// NATSAdvertise is the NATS URL handed to workers (default: NATSURL or
 	// the embedded server's URL).
 	NATSAdvertise string
@@ -74,10 +84,22 @@ type Config struct {
 	// the worker is flagged (default 2m: above the worker's grace period and
 	// finalize step).
 	KillConfirmTimeout time.Duration
+	// LeaseTimeout: a request whose worker has not shown for this long that
+	// it holds it (heartbeats listing it) is taken back: retried as a new
+	// attempt, or withdrawn if never started (default 60s; above
+	// HeartbeatTimeout).
+	LeaseTimeout time.Duration
+	// WorkerLostRetries is how many times a request is retried
+	// automatically after its worker was lost (default 3; negative:
+	// never); past it, the request ends in error, reason worker-lost.
+	WorkerLostRetries int
 	// InfrastructureRetries is how many times a request that failed for
 	// the lab's sake (error_type infrastructure) is retried automatically,
 	// on another device (default 2; negative: never).
 	InfrastructureRetries int
+	// Devices is the device upkeep policy (pre-job special tasks, health
+	// checks); zero values take the scheduler's defaults.
+	Devices scheduler.DevicePolicy
 	// LogMaxBytes caps the live-log stream; the oldest chunks go first
 	// (default 1 GiB).
 	LogMaxBytes int64
@@ -116,6 +138,9 @@ const (
 	DefaultSchedulerSweep     = 10 * time.Second
 	DefaultTaskTimeout        = 24 * time.Hour
 	DefaultKillConfirmTimeout = 2 * time.Minute
+	DefaultLeaseTimeout       = 60 * time.Second
+	// DefaultWorkerLostRetries is Config.WorkerLostRetries' default.
+	DefaultWorkerLostRetries = 3
 	// DefaultInfrastructureRetries is Config.InfrastructureRetries' default.
 	DefaultInfrastructureRetries = 2
 )
@@ -160,6 +185,12 @@ func (c *Config) setDefaults() {
 	if c.KillConfirmTimeout <= 0 {
 		c.KillConfirmTimeout = DefaultKillConfirmTimeout
 	}
+	if c.LeaseTimeout <= 0 {
+		c.LeaseTimeout = max(DefaultLeaseTimeout, 2*c.HeartbeatTimeout)
+	}
+	if c.WorkerLostRetries == 0 {
+		c.WorkerLostRetries = DefaultWorkerLostRetries
+	}
 	if c.InfrastructureRetries == 0 {
 		c.InfrastructureRetries = DefaultInfrastructureRetries
 	}
@@ -193,6 +224,7 @@ type Server struct {
 	store    *store.Store
 	names    bus.Names
 	embedded *bus.Embedded
+	tls      *tls.Config
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	natsURL  string
@@ -203,6 +235,10 @@ type Server struct {
 	http     *http.Server
 	// artifacts holds artifact file contents (artifacts_api.go).
 	artifacts *artifacts.Manager
+	// heartbeatsSince is since when (Unix ns) heartbeats have been
+	// recorded without a failure: leases expire only after a whole lease
+	// timeout of it (leases.go).
+	heartbeatsSince atomic.Int64
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -215,12 +251,22 @@ type Server struct {
 // them all.
 func New(ctx context.Context, cfg Config) (*Server, error) {
 	cfg.setDefaults()
+	if p := cfg.Devices.PreJob; p != "" && !scheduler.ValidPreJob(p) {
+		return nil, fmt.Errorf("device pre-job policy %q: want always, dirty or never", p)
+	}
+	if cfg.LeaseTimeout <= 2*cfg.HeartbeatInterval {
+		return nil, fmt.Errorf("lease timeout %s: must be more than two heartbeat intervals (%s)", cfg.LeaseTimeout, cfg.HeartbeatInterval)
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger}
+	s.heartbeatsSince.Store(time.Now().UnixNano())
 	names, err := bus.NewNames(cfg.NATSPrefix)
 	if err != nil {
 		return nil, err
 	}
 	s.names = names
+	if s.tls, err = loadTLS("HTTP", cfg.TLSCert, cfg.TLSKey); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
@@ -234,15 +280,24 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.natsURL = cfg.NATSURL
+	var natsOpts []nats.Option
 	if s.natsURL == "" {
-		s.embedded, err = bus.StartEmbedded(filepath.Join(cfg.DataDir, "jetstream"), cfg.NATSListen)
-		if err != nil {
+		if s.embedded, err = s.startEmbedded(); err != nil {
 			return nil, err
 		}
 		s.natsURL = s.embedded.URL()
+		natsOpts = s.embedded.ConnectOptions()
 		s.log.Info().Str("url", s.natsURL).Msg("embedded nats started")
+	} else if cfg.NATSCreds != "" {
+		natsOpts = append(natsOpts, nats.UserCredentials(cfg.NATSCreds))
 	}
-	if s.nc, err = bus.Connect(s.natsURL, "kiln-server", s.log); err != nil {
+	// Heartbeats sent while this server was cut off from NATS never
+	// arrived: no lease may expire for that.
+	dial := s.natsURL
+	if s.embedded != nil {
+		dial = s.embedded.LocalURL()
+	}
+	if s.nc, err = bus.Connect(dial, "kiln-server", s.log, natsOpts, s.heartbeatLost); err != nil {
 		return nil, err
 	}
 	if s.js, err = jetstream.New(s.nc); err != nil {
@@ -255,9 +310,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.reg = prometheus.NewRegistry()
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.metrics = newMetrics(s.reg, s.store)
+	devicePolicy := cfg.Devices
+	devicePolicy.Workspace = cfg.Workspace
 	s.sched = scheduler.New(s.store, cfg.Registry, s, s.names, scheduler.Options{
 		Sweep: cfg.SchedulerSweep, HeartbeatTimeout: cfg.HeartbeatTimeout, LostAfter: cfg.WorkerLostAfter,
-		Logger: s.log.With().Str("component", "scheduler").Logger(), Registerer: s.reg,
+		Logger: s.log.With().Str("component", "scheduler").Logger(), Registerer: s.reg, Devices: devicePolicy,
 	})
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -276,6 +333,10 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	s.http = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	if s.tls != nil {
+		s.http.TLSConfig = s.tls
+		s.listener = tls.NewListener(s.listener, s.tls)
+	}
 	s.goRun(func() {
 		if err := s.http.Serve(s.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error().Err(err).Msg("http server")
@@ -324,6 +385,9 @@ func (s *Server) goRun(f func()) {
 func (s *Server) URL() string {
 	if s.cfg.PublicURL != "" {
 		return strings.TrimRight(s.cfg.PublicURL, "/")
+	}
+	if s.tls != nil {
+		return "https://" + s.listener.Addr().String()
 	}
 	return "http://" + s.listener.Addr().String()
 }

@@ -97,6 +97,8 @@ func (s *Server) workerConfig(w http.ResponseWriter, r *http.Request) {
 		HeartbeatSubject:  s.names.HeartbeatSubject(wk.ID),
 		HeartbeatInterval: s.cfg.HeartbeatInterval.String(),
 		Concurrency:       wk.EffectiveConcurrency(),
+		NATSAuth:          s.natsAuth(),
+		NATSInbox:         s.names.WorkerInbox(wk.ID),
 	})
 }
 

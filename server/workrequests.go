@@ -62,6 +62,7 @@ func (s *Server) toWire(wr store.WorkRequest) schemas.WorkRequest {
 		Reason:             wr.Reason,
 		ErrorType:          wr.ErrorType,
 		KillPending:        wr.KillPending,
+		WorkerLostRetries:  wr.WorkerLostRetries,
 		TimeoutSeconds:     wr.TimeoutSeconds,
 	}
 	if wr.DynamicTaskData.Valid {
@@ -142,6 +143,13 @@ func (s *Server) createWorkRequest(w http.ResponseWriter, r *http.Request) {
 			Title:            "Cannot create work request: task name is not registered",
 			Detail:           fmt.Sprintf("Task name: %q. Registered task names: %s", in.TaskName, strings.Join(s.cfg.Registry.Names(), ", ")),
 			ValidationErrors: map[string][]string{"/task_name": {"unknown task " + strconv.Quote(in.TaskName)}}})
+		return
+	}
+	if schemas.IsDeviceTask(in.TaskName) {
+		writeProblem(w, schemas.Problem{Status: http.StatusBadRequest,
+			Title:            "Cannot create work request: device special task",
+			Detail:           fmt.Sprintf("%s is a device special task: the scheduler runs it (ask for a health check with POST /api/1.0/device/NAME/health-check/)", in.TaskName),
+			ValidationErrors: map[string][]string{"/task_name": {"device special tasks are created by the scheduler"}}})
 		return
 	}
 	if err := s.cfg.Registry.Validate(in.TaskName, in.TaskData); err != nil {
@@ -274,7 +282,22 @@ func (s *Server) getWorkRequest(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, err)
 		return
 	}
+	if !visible(r, wr) {
+		s.storeError(w, store.ErrNotFound)
+		return
+	}
 	s.writeWorkRequest(w, r, wr)
+}
+
+// visible says whether the caller may see request wr: users see every
+// request; a worker only those assigned to it (any attempt), as it may
+// only act on its own.
+func visible(r *http.Request, wr store.WorkRequest) bool {
+	if userFrom(r.Context()) != nil {
+		return true
+	}
+	wk := workerFrom(r.Context())
+	return wk != nil && wr.WorkerID.Valid && wr.WorkerID.Int64 == wk.ID
 }
 
 // listWorkRequests pages newest first with an opaque cursor; next and
@@ -308,6 +331,16 @@ func (s *Server) listWorkRequests(w http.ResponseWriter, r *http.Request) {
 			writeProblem(w, schemas.Problem{Status: http.StatusBadRequest, Title: "Invalid query",
 				Detail: "worker must be a worker id", ValidationErrors: map[string][]string{"worker": {"must be a positive integer"}}})
 			return
+		}
+	}
+	if userFrom(r.Context()) == nil {
+		if wk := workerFrom(r.Context()); wk != nil {
+			// A worker lists its own requests only.
+			if f.WorkerID != 0 && f.WorkerID != wk.ID {
+				f.WorkerID = -1
+			} else {
+				f.WorkerID = wk.ID
+			}
 		}
 	}
 	back := false
@@ -520,6 +553,22 @@ func (s *Server) storeError(w http.ResponseWriter, err error) {
 }
 
 func (s *Server) internal(w http.ResponseWriter, err error) {
+	if store.Unavailable(err) {
+		s.log.Warn().Err(err).Msg("database unavailable")
+		dbUnavailable(w)
+		return
+	}
 	s.log.Error().Err(err).Msg("internal error")
 	problem(w, http.StatusInternalServerError, "Internal server error", "see the server log")
+}
+
+// retryAfterSeconds is what a client is told to wait while the database is
+// away.
+const retryAfterSeconds = "5"
+
+// dbUnavailable answers 503 with Retry-After: the database is away, and
+// the same request will work once it is back.
+func dbUnavailable(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", retryAfterSeconds)
+	problem(w, http.StatusServiceUnavailable, "Database unavailable", "the database cannot be reached; try again later")
 }

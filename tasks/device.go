@@ -7,6 +7,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -24,6 +25,54 @@ type Device struct {
 	SSH    *DeviceSSH        `yaml:"ssh"`
 	Serial *DeviceSerial     `yaml:"serial"`
 	Power  DevicePower       `yaml:"power"`
+
+	// BootTimeoutSeconds (boot_timeout) is how long, in seconds, the
+	// device gets to answer over SSH after a power action: dut-test's
+	// power-on and the reset, repair and cleanup device tasks wait this
+	// long before they call it unreachable. Default 120 (DefaultBootTimeout).
+	BootTimeoutSeconds int `yaml:"boot_timeout,omitempty"`
+	// VerifyCmd (verify_command) is a shell command run on the device, as
+	// the SSH user in its home, by every device task that checks the
+	// device (verify, cleanup, reset, repair): exit status 0 means the
+	// device is healthy. Default "true": a device that answers as itself
+	// over SSH is healthy.
+	VerifyCmd string `yaml:"verify_command,omitempty"`
+	// CleanupCmd (cleanup_command) is a shell command run on the device by
+	// the cleanup and repair device tasks after Kiln's own cleanup (which
+	// kills what runs left and removes their directories), to undo what
+	// tests change elsewhere. A non-zero exit fails the task. Default:
+	// none.
+	CleanupCmd string `yaml:"cleanup_command,omitempty"`
+	// RepairCmd (repair_command) is a shell command line run on the
+	// worker (sh -c, like the power commands) by the repair device task
+	// before it power-cycles the device: reflash its SD card, say. A
+	// non-zero exit fails the repair. Default: none.
+	RepairCmd string `yaml:"repair_command,omitempty"`
+}
+
+// DefaultBootTimeout is a device's boot_timeout when its configuration
+// sets none.
+const DefaultBootTimeout = 2 * time.Minute
+
+// maxBootTimeoutSeconds bounds boot_timeout: a day is more than any device
+// needs, so a bigger value is a mistake (milliseconds, say).
+const maxBootTimeoutSeconds = 86400
+
+// BootTimeout is how long the device gets to answer after a power action.
+func (d Device) BootTimeout() time.Duration {
+	if d.BootTimeoutSeconds <= 0 {
+		return DefaultBootTimeout
+	}
+	return time.Duration(d.BootTimeoutSeconds) * time.Second
+}
+
+// VerifyCommand is the command that checks the device's health on the
+// device: its verify_command, or "true".
+func (d Device) VerifyCommand() string {
+	if d.VerifyCmd == "" {
+		return "true"
+	}
+	return d.VerifyCmd
 }
 
 // DeviceSSH is an SSH connection to a device.
@@ -131,6 +180,14 @@ func (d *Device) check() error {
 	}
 	if s := d.Serial; s != nil && s.Command == "" {
 		return errors.New("serial needs command")
+	}
+	if d.BootTimeoutSeconds < 0 || d.BootTimeoutSeconds > maxBootTimeoutSeconds {
+		return fmt.Errorf("boot_timeout must be a number of seconds from 1 to %d (0 or none: %d)", maxBootTimeoutSeconds, int(DefaultBootTimeout/time.Second))
+	}
+	// The commands that run on the device need the SSH connection; the
+	// device tasks have no other way in.
+	if d.SSH == nil && (d.VerifyCmd != "" || d.CleanupCmd != "") {
+		return errors.New("verify_command and cleanup_command run over ssh: give an ssh connection")
 	}
 	return nil
 }

@@ -10,12 +10,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/kiln-ci/kiln/schemas"
 )
@@ -94,7 +91,7 @@ func (DUTTest) Type() Type { return TypeWorker }
 
 // AnalyzeWorker implements Task: whether the worker has an SSH client.
 func (DUTTest) AnalyzeWorker(context.Context, Host) schemas.Metadata {
-	return schemas.Metadata{"dut-test:ssh_available": commandAvailable("ssh")}
+	return schemas.Metadata{keySSHAvailable: commandAvailable("ssh")}
 }
 
 type dutTestData struct {
@@ -106,6 +103,9 @@ type dutTestData struct {
 	Command      string            `json:"command"`
 	ResultFormat string            `json:"result_format"`
 	ResultsFile  string            `json:"results_file"`
+	// Provision is decoded here, though the scheduler reads it with
+	// schemas.JobProvision, so that task data it could not read fails.
+	Provision *schemas.DeviceProvision `json:"provision"`
 }
 
 func parseDUTTestData(data json.RawMessage) (dutTestData, error) {
@@ -129,6 +129,23 @@ func parseDUTTestData(data json.RawMessage) (dutTestData, error) {
 		return d, errors.New("dut-test task data: results_file must stay in the run's directory")
 	}
 	return d, nil
+}
+
+// InputArtifacts implements Inputs: the bundle and the provision's
+// artifact, of any category, must exist when the request is made.
+func (DUTTest) InputArtifacts(data json.RawMessage) ([]InputArtifact, error) {
+	d, err := parseDUTTestData(data)
+	if err != nil {
+		return nil, err
+	}
+	var ins []InputArtifact
+	if d.Bundle != 0 {
+		ins = append(ins, InputArtifact{Pointer: "/bundle", ID: d.Bundle})
+	}
+	if p := schemas.JobProvision(string(data)); p != nil {
+		ins = append(ins, InputArtifact{Pointer: "/provision/artifact", ID: p.Artifact})
+	}
+	return ins, nil
 }
 
 // Requirements implements Task: the device the request needs.
@@ -157,8 +174,8 @@ func (t DUTTest) CanRunOn(req Requirements, md schemas.Metadata) error {
 	if err := BaseCanRunOn(t, req, md); err != nil {
 		return err
 	}
-	if MetaString(md, "dut-test:ssh_available") != "true" {
-		return refuse("the worker has no ssh client (dut-test:ssh_available is not true)")
+	if MetaString(md, keySSHAvailable) != "true" {
+		return refuse("the worker has no ssh client (%s is not true)", keySSHAvailable)
 	}
 	return nil
 }
@@ -182,9 +199,9 @@ type dutRun struct {
 	runCtx context.Context
 	// dir is the run's directory on the device, relative to the login
 	// user's home.
-	dir        string
-	knownHosts string
-	inputs     []int64
+	dir    string
+	conn   *deviceConn
+	inputs []int64
 	// results is the local copy of the results file; parsed says that
 	// summary and summaryErr hold what it says.
 	results    string
@@ -195,35 +212,12 @@ type dutRun struct {
 	lost bool
 }
 
-// ssh returns the ssh command line that runs remote on the device.
-func (r *dutRun) ssh(remote string) []string {
-	s := r.dev.SSH
-	return []string{"ssh", "-i", s.KeyFile, "-p", strconv.Itoa(s.Port),
-		"-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + r.knownHosts,
-		"-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
-		"-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR",
-		s.User + "@" + s.Host, remote}
-}
-
-// remote runs a short command on the device; failures to connect are
-// infrastructure errors.
+// remote runs a short command on the device (deviceConn.remote).
 func (r *dutRun) remote(ctx context.Context, stdin io.Reader, remote string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	argv := r.ssh(remote)
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Stdin = stdin
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) && ee.ExitCode() != 255 {
-			return out, fmt.Errorf("%s: exit %d: %s", remote, ee.ExitCode(), strings.TrimSpace(stderr.String()))
-		}
-		return out, fmt.Errorf("%w: device %s does not answer over SSH: %v: %s", ErrInfrastructure, r.dev.Name, err, strings.TrimSpace(stderr.String()))
+	if r.conn == nil {
+		return nil, fmt.Errorf("%w: no connection to device %s", ErrInfrastructure, r.dev.Name)
 	}
-	return out, nil
+	return r.conn.remote(ctx, stdin, remote)
 }
 
 // FetchInput implements Program: the bundle.
@@ -241,71 +235,31 @@ func (r *dutRun) FetchInput(ctx context.Context, env Env, dir string) ([]int64, 
 	return r.inputs, nil
 }
 
-// Configure implements Program: check that the device answers, and copy
-// the bundle and the script to its run directory.
+// Configure implements Program: check that the device answers (switching
+// it on when it does not), and copy the bundle and the script to its run
+// directory.
 func (r *dutRun) Configure(ctx context.Context, env Env, dir string) error {
-	s := r.dev.SSH
-	host := s.Host
-	if s.Port != 22 {
-		host = "[" + s.Host + "]:" + strconv.Itoa(s.Port)
-	}
-	r.knownHosts = filepath.Join(env.WorkDir, "known_hosts")
-	if err := os.WriteFile(r.knownHosts, []byte(host+" "+s.KnownHostKey+"\n"), 0o600); err != nil {
+	conn, err := newDeviceConn(r.dev, env.WorkDir, sayTo(env.Output, "kiln: "))
+	if err != nil {
 		return err
 	}
+	r.conn = conn
 	if r.d.Script != "" {
 		if err := os.WriteFile(filepath.Join(dir, "run.sh"), []byte(r.d.Script), 0o755); err != nil {
 			return err
 		}
 	}
 	r.dir = fmt.Sprintf("kiln-run-%d-%d", env.WorkRequestID, env.Attempt)
-	if err := r.verify(ctx, env); err != nil {
+	if err := r.conn.reach(ctx); err != nil {
 		return err
 	}
 	var bundle bytes.Buffer
 	if err := tarDir(&bundle, dir); err != nil {
 		return fmt.Errorf("pack the bundle: %w", err)
 	}
-	_, err := r.remote(ctx, &bundle, "rm -rf "+r.dir+" && mkdir -p "+r.dir+" && tar -C "+r.dir+" -xf -")
+	_, err = r.remote(ctx, &bundle, "rm -rf "+r.dir+" && mkdir -p "+r.dir+" && tar -C "+r.dir+" -xf -")
 	return err
 }
-
-// verify checks that the device answers as itself (its known host key)
-// before anything runs. One that does not is switched on, or reset, and
-// given bootTimeout to come up: the previous job may have powered it off.
-func (r *dutRun) verify(ctx context.Context, env Env) error {
-	_, err := r.remote(ctx, nil, "true")
-	if err == nil || !errors.Is(err, ErrInfrastructure) {
-		return err
-	}
-	action := "on"
-	if !r.dev.HasPower("on") {
-		action = "reset"
-	}
-	if !r.dev.HasPower(action) {
-		return err
-	}
-	fmt.Fprintf(env.Output, "kiln: device %s does not answer; power %s\n", r.dev.Name, action)
-	if perr := PowerAction(ctx, r.dev, action); perr != nil {
-		return perr
-	}
-	deadline := time.Now().Add(bootTimeout)
-	for {
-		if _, err = r.remote(ctx, nil, "true"); err == nil || !errors.Is(err, ErrInfrastructure) {
-			return err
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("after power %s: %w", action, err)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-// bootTimeout is how long a device gets to answer after a power action.
-const bootTimeout = 2 * time.Minute
 
 // tarDir writes the regular files below dir to w as a tar stream.
 func tarDir(w io.Writer, dir string) error {
@@ -350,10 +304,9 @@ func tarDir(w io.Writer, dir string) error {
 
 // CommandLine implements Program: the command runs on the device in a
 // session of its own whose id it records, so that an abort can kill it
-// all there.
+// all there (sessionLine).
 func (r *dutRun) CommandLine(Env, string, string) ([]string, error) {
-	remote := "cd " + r.dir + " && exec setsid sh -c " + shQuote(`echo $$ > .kiln-pgid; exec sh -c "$1"`) + " kiln " + shQuote(r.d.Command)
-	return r.ssh(remote), nil
+	return r.conn.ssh(sessionLine(r.dir, r.d.Command, true)), nil
 }
 
 // shQuote quotes s for a POSIX shell.
@@ -366,30 +319,13 @@ func (r *dutRun) Finalize(ctx context.Context, env Env) error {
 		return nil
 	}
 	var errs []error
-	grace := max(int(env.Grace/time.Second), 1)
-	kill := fmt.Sprintf("p=$(cat %s/.kiln-pgid 2>/dev/null) && kill -TERM -- -$p 2>/dev/null; sleep %d; [ -n \"$p\" ] && kill -KILL -- -$p 2>/dev/null; true", r.dir, grace)
-	if _, err := r.remote(ctx, nil, kill); err != nil {
+	if err := r.conn.killSession(ctx, r.dir, env.Grace, false); err != nil {
 		errs = append(errs, fmt.Errorf("kill the test on the device: %w", err))
 	}
 	if err := PowerAction(ctx, r.dev, "off"); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// PowerAction runs a device's power command for action (on, off, reset).
-func PowerAction(ctx context.Context, dev Device, action string) error {
-	cmdline := dev.Power.Command(action)
-	if cmdline == "" {
-		return fmt.Errorf("%w: device %s has no power %s command", ErrInfrastructure, dev.Name, action)
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "sh", "-c", cmdline).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%w: power %s of device %s: %v: %s", ErrInfrastructure, action, dev.Name, err, strings.TrimSpace(string(out)))
-	}
-	return nil
 }
 
 // CheckOutput implements Program.

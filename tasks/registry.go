@@ -65,6 +65,9 @@ func Default() *Registry {
 	r.MustRegister(Sbuild{})
 	r.MustRegister(Lintian{})
 	r.MustRegister(DUTTest{})
+	for _, t := range deviceTasks() {
+		r.MustRegister(t)
+	}
 	return r
 }
 
@@ -132,8 +135,9 @@ func (r *Registry) Names() []string {
 	return out
 }
 
-// Validate checks data against the named task's schema. It returns
-// ErrUnknownTask, a *ValidationError, or nil.
+// Validate checks data against the named task's schema, then that the task
+// reads it (its Requirements and, if it has inputs, InputArtifacts). It
+// returns ErrUnknownTask, a *ValidationError, or nil.
 func (r *Registry) Validate(name string, data json.RawMessage) error {
 	r.mu.RLock()
 	e, ok := r.tasks[name]
@@ -165,7 +169,32 @@ func (r *Registry) Validate(name string, data json.RawMessage) error {
 		}
 		return fmt.Errorf("validate %s task data: %w", name, err)
 	}
+	// What the schema accepts the task must also read: JSON Schema takes
+	// 1.0 and 2e0 as integers and puts no bound on them, and some rules
+	// (dut-test's command or script) are the task's own.
+	if _, err := e.task.Requirements(data); err != nil {
+		return invalid(unmarshalPointer(err), err.Error())
+	}
+	if in, ok := e.task.(Inputs); ok {
+		if _, err := in.InputArtifacts(data); err != nil {
+			return invalid(unmarshalPointer(err), err.Error())
+		}
+	}
 	return nil
+}
+
+// unmarshalPointer returns the JSON pointer of the field that
+// encoding/json could not decode into when err says so, else "".
+func unmarshalPointer(err error) string {
+	var te *json.UnmarshalTypeError
+	if !errors.As(err, &te) || te.Field == "" {
+		return ""
+	}
+	parts := strings.Split(te.Field, ".")
+	for i, p := range parts {
+		parts[i] = escapePointer(p)
+	}
+	return "/" + strings.Join(parts, "/")
 }
 
 // duplicateKey returns the JSON pointer of the first object in data that

@@ -216,7 +216,10 @@ func runCommand(ctx context.Context, env Env, argv []string, execDir, debugDir s
 		Args:   argv[1:],
 		Dir:    execDir,
 		Output: io.MultiWriter(cmdLog, env.Output),
-	}, runner.Options{Grace: env.Grace, CgroupParent: env.CgroupParent, Finalize: finalize, Logger: env.Logger})
+		// The run knows which request and attempt it is, so that it can
+		// tell a retry from a first run.
+		Env: append(os.Environ(), fmt.Sprintf("KILN_WORK_REQUEST=%d", env.WorkRequestID), fmt.Sprintf("KILN_ATTEMPT=%d", env.Attempt)),
+	}, runner.Options{Grace: env.Grace, CgroupParent: env.CgroupParent, Finalize: finalize, Logger: env.Logger, OnStart: env.OnStart})
 	returncode := "None"
 	if err == nil && !res.Killed {
 		returncode = fmt.Sprint(res.ExitCode)

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/kiln-ci/kiln/schemas"
+	"github.com/kiln-ci/kiln/tasks/runner"
 )
 
 // Type says where a task runs, as debusine's task types do.
@@ -85,6 +86,10 @@ type Env struct {
 	// Device is the device under test leased to this run, for tasks that
 	// need one (nil otherwise).
 	Device *Device
+	// OnStart, if set, is called as each command of the run starts (see
+	// runner.Options.OnStart): the worker journals its process group and
+	// cgroup, to kill them after a crash.
+	OnStart func(runner.Process)
 }
 
 // Host is what a worker's administrator configures for tasks that build
@@ -160,9 +165,9 @@ func (in InputArtifact) Field() string {
 }
 
 // CheckCategory says, in words for the user, when an artifact of category
-// cannot be this input.
+// cannot be this input. No Categories: any artifact will do.
 func (in InputArtifact) CheckCategory(category string) error {
-	if slices.Contains(in.Categories, category) {
+	if len(in.Categories) == 0 || slices.Contains(in.Categories, category) {
 		return nil
 	}
 	return fmt.Errorf("artifact %d is a %s artifact, not a %s", in.ID, category, strings.Join(in.Categories, " or "))

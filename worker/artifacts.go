@@ -90,7 +90,7 @@ func fileSuffix(name string) string {
 // uploads by itself (it asks the server what it already has).
 func (a *runArtifacts) Upload(ctx context.Context, na tasks.NewArtifact) (int64, error) {
 	art, err := a.w.api.UploadArtifact(ctx, client.ArtifactUpload{
-		Category: na.Category, Workspace: a.wr.Workspace, Data: na.Data, Files: na.Files, WorkRequest: a.wr.ID,
+		Category: na.Category, Workspace: a.wr.Workspace, Data: na.Data, Files: na.Files, WorkRequest: a.wr.ID, Attempt: a.wr.Attempt,
 	})
 	if err != nil {
 		return 0, fmt.Errorf("upload %s artifact: %w", na.Category, err)

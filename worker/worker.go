@@ -24,6 +24,7 @@ import (
 	"github.com/kiln-ci/kiln/tasks"
 	"github.com/kiln-ci/kiln/tasks/runner"
 	"github.com/kiln-ci/kiln/worker/cache"
+	"github.com/kiln-ci/kiln/worker/journal"
 )
 
 // Config is kiln-worker's configuration; each field is also a flag, a KILN_*
@@ -34,6 +35,9 @@ type Config struct {
 	// NATSURL overrides the NATS URL the server advertises (default: ask
 	// the server).
 	NATSURL string
+	// NATSCreds is a NATS credentials file for an external NATS that uses
+	// accounts (nats-server's decentralised JWT authentication).
+	NATSCreds string
 	// TokenFile holds the worker's token; created (mode 0600) on first start.
 	TokenFile string
 	// ActivationTokenFile, when it exists, holds a one-time token that
@@ -81,6 +85,15 @@ type Config struct {
 	// DevicesFile, when set, is the YAML file of the devices under test
 	// this (lab) worker controls (see tasks.DeviceFile).
 	DevicesFile string
+	// JournalDir holds the journal of the runs: what each started, and
+	// results the server has not accepted yet (default "journal" next to
+	// the token file). One worker at a time may use it.
+	JournalDir string
+	// Drain, when closed, makes the worker drain: it takes no new
+	// assignments, lets its runs finish and report, then Run returns. The
+	// end of Run's context is the hard stop: runs are stopped (SIGTERM,
+	// grace period, SIGKILL) and handed back to the server. Nil: never.
+	Drain <-chan struct{}
 }
 
 func (c *Config) setDefaults() error {
@@ -118,6 +131,9 @@ func (c *Config) setDefaults() error {
 	if c.CacheDir == "" {
 		c.CacheDir = filepath.Join(filepath.Dir(c.WorkDir), "cache")
 	}
+	if c.JournalDir == "" {
+		c.JournalDir = filepath.Join(filepath.Dir(c.TokenFile), "journal")
+	}
 	if c.CacheMaxBytes == 0 {
 		c.CacheMaxBytes = 20 << 30
 	}
@@ -139,9 +155,13 @@ type Worker struct {
 	js     jetstream.JetStream
 	slots  chan struct{}
 	runsMu sync.Mutex
-	runs   map[int64]context.CancelCauseFunc
-	wg     sync.WaitGroup
-	cache  *cache.Cache
+	runs   map[int64]run
+	// reporting are the runs of an earlier life whose results are being
+	// sent again: heartbeats list them too, so that their leases hold.
+	reporting map[int64]int
+	wg        sync.WaitGroup
+	cache     *cache.Cache
+	journal   *journal.Journal
 	// devices are the devices under test of this worker, by name.
 	devices map[string]tasks.Device
 }
@@ -149,12 +169,29 @@ type Worker struct {
 // ErrAborted is the cancellation cause of a run aborted through the API.
 var ErrAborted = errors.New("aborted")
 
-// Run runs the worker until ctx ends.
+// ErrStopping is the cancellation cause of the runs when the worker stops
+// (the end of Run's context): they are handed back to the server.
+var ErrStopping = errors.New("kiln-worker stopping")
+
+// Run runs the worker until ctx ends, or until cfg.Drain is closed and its
+// runs have finished and reported. First it kills what an earlier life of
+// the worker left running (from the journal) and settles that life's runs
+// with the server; then it takes assignments. When ctx ends, the runs are
+// stopped and handed back to the server, which retries them at once.
 func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.setDefaults(); err != nil {
 		return err
 	}
-	w := &Worker{cfg: cfg, log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), runs: map[int64]context.CancelCauseFunc{}}
+	w := &Worker{cfg: cfg, log: cfg.Logger.With().Str("worker", cfg.Name).Logger(), runs: map[int64]run{}, reporting: map[int64]int{}}
+	j, err := journal.Open(cfg.JournalDir)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	defer j.Close()
+	w.journal = j
+	// Before anything else, and without the server: nothing of an
+	// earlier life may run on next to new work.
+	earlier := w.killLeftovers()
 	c, err := cache.Open(cfg.CacheDir, cfg.CacheMaxBytes)
 	if err != nil {
 		return fmt.Errorf("worker cache: %w", err)
@@ -180,16 +217,63 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	w.token = token
 	w.api = client.New(cfg.APIURL, token, opts...)
-	if err := w.connect(ctx); err != nil {
+
+	// taking ends on drain or stop; it also bounds connecting, when
+	// nothing runs yet.
+	taking, stopTaking := context.WithCancel(ctx)
+	defer stopTaking()
+	// Heartbeats and control messages go on until Run returns, also
+	// while runs are being stopped: leases hold until the runs are gone.
+	life, endLife := context.WithCancel(context.WithoutCancel(ctx))
+	defer endLife()
+	go func() {
+		select {
+		case <-cfg.Drain:
+			w.log.Info().Int("running", len(w.running())).
+				Msg("draining: taking no new work; running work finishes and reports, then the worker exits (stop it again to stop that work now)")
+			stopTaking()
+		case <-taking.Done():
+		}
+	}()
+	if err := w.connect(taking, life); err != nil {
+		if w.nc != nil {
+			w.nc.Close()
+		}
+		if taking.Err() != nil {
+			w.log.Info().Msg("stopped before connecting")
+			return nil
+		}
 		return err
 	}
 	defer w.nc.Close()
 	w.slots = make(chan struct{}, cfg.Concurrency)
+	var background sync.WaitGroup
+	background.Go(func() { w.heartbeat(life) })
+	background.Go(func() { w.control(life) })
 
-	go w.heartbeat(ctx)
-	go w.control(ctx)
-	w.consume(ctx)
+	// The runs' contexts end, with ErrStopping, when ctx does.
+	runs, stopRuns := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stopRuns(nil)
+	stopping := context.AfterFunc(ctx, func() {
+		if n := len(w.running()); n > 0 {
+			w.log.Warn().Int("running", n).Msg("stopping now: the running work is stopped (SIGTERM, grace period, SIGKILL) and handed back to the server, which runs it again")
+		}
+		stopRuns(ErrStopping)
+	})
+	defer stopping()
+
+	w.settle(ctx, earlier)
+	if taking.Err() == nil {
+		w.consume(ctx, taking, runs)
+	}
 	w.wg.Wait()
+	endLife()
+	background.Wait()
+	if ctx.Err() != nil {
+		w.log.Info().Msg("stopped")
+	} else {
+		w.log.Info().Msg("drained: the running work finished and reported; exiting")
+	}
 	return nil
 }
 
@@ -249,8 +333,9 @@ func (w *Worker) clientOpts() []client.Option {
 }
 
 // connect waits until the worker is enabled, reports its metadata, learns the
-// NATS names and creates its durable consumers.
-func (w *Worker) connect(ctx context.Context) error {
+// NATS names and creates its durable consumers. It gives up when ctx ends;
+// life bounds what it leaves behind (metadata after a NATS reconnection).
+func (w *Worker) connect(ctx, life context.Context) error {
 	if err := w.retry(ctx, "report metadata", func() error { return w.sendMetadata(ctx) }); err != nil {
 		return err
 	}
@@ -280,14 +365,24 @@ func (w *Worker) connect(ctx context.Context) error {
 	if w.names, err = bus.NewNames(prefix); err != nil {
 		return err
 	}
-	if w.nc, err = bus.Connect(url, "kiln-worker "+w.wcfg.WorkerName, w.log); err != nil {
+	var natsOpts []nats.Option
+	if w.wcfg.NATSInbox != "" {
+		natsOpts = append(natsOpts, nats.CustomInboxPrefix(w.wcfg.NATSInbox))
+	}
+	switch {
+	case w.cfg.NATSCreds != "":
+		natsOpts = append(natsOpts, nats.UserCredentials(w.cfg.NATSCreds))
+	case w.wcfg.NATSAuth == schemas.NATSAuthWorkerToken:
+		natsOpts = append(natsOpts, nats.Token(w.token))
+	}
+	if w.nc, err = bus.Connect(url, "kiln-worker "+w.wcfg.WorkerName, w.log, natsOpts); err != nil {
 		return err
 	}
 	// Re-send metadata after a NATS reconnection: the server may have
 	// restarted and lost track of this worker.
 	w.nc.SetReconnectHandler(func(*nats.Conn) {
 		go func() {
-			if err := w.sendMetadata(ctx); err != nil {
+			if err := w.sendMetadata(life); err != nil {
 				w.log.Warn().Err(err).Msg("metadata after reconnect")
 			}
 		}()
@@ -359,7 +454,11 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		hb := schemas.Heartbeat{WorkerID: w.wcfg.WorkerID, Running: w.running()}
+		runs := w.running()
+		hb := schemas.Heartbeat{WorkerID: w.wcfg.WorkerID, Running: make([]int64, 0, len(runs)), Runs: runs}
+		for _, r := range runs {
+			hb.Running = append(hb.Running, r.ID)
+		}
 		b, _ := json.Marshal(hb)
 		if err := w.nc.Publish(w.wcfg.HeartbeatSubject, b); err != nil {
 			w.log.Debug().Err(err).Msg("heartbeat")
@@ -372,14 +471,27 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	}
 }
 
-func (w *Worker) running() []int64 {
+// run is a work request this worker runs: its attempt, and how to stop it.
+type run struct {
+	attempt int
+	cancel  context.CancelCauseFunc
+}
+
+// running lists the runs the worker holds: those it runs, and those of an
+// earlier life whose results it is sending.
+func (w *Worker) running() []schemas.RunRef {
 	w.runsMu.Lock()
 	defer w.runsMu.Unlock()
-	ids := make([]int64, 0, len(w.runs))
-	for id := range w.runs {
-		ids = append(ids, id)
+	out := make([]schemas.RunRef, 0, len(w.runs)+len(w.reporting))
+	for id, r := range w.runs {
+		out = append(out, schemas.RunRef{ID: id, Attempt: r.attempt})
 	}
-	return ids
+	for id, attempt := range w.reporting {
+		if _, ok := w.runs[id]; !ok {
+			out = append(out, schemas.RunRef{ID: id, Attempt: attempt})
+		}
+	}
+	return out
 }
 
 // consumer (re)creates a durable consumer, retrying through NATS outages.
@@ -431,14 +543,16 @@ func (w *Worker) messages(ctx context.Context, name, subject string, handle func
 	}
 }
 
-// consume takes assignments, one free slot at a time.
-func (w *Worker) consume(ctx context.Context) {
-	w.messages(ctx, w.wcfg.Consumer, w.wcfg.AssignSubject, func(msg jetstream.Msg) { w.take(ctx, msg) },
+// consume takes assignments, one free slot at a time, until taking ends
+// (drain or stop); the messages it did not take stay in the durable
+// consumer. Runs get contexts below runs; ctx is the worker's.
+func (w *Worker) consume(ctx, taking, runs context.Context) {
+	w.messages(taking, w.wcfg.Consumer, w.wcfg.AssignSubject, func(msg jetstream.Msg) { w.take(ctx, runs, msg) },
 		func() bool {
 			select {
 			case w.slots <- struct{}{}:
 				return true
-			case <-ctx.Done():
+			case <-taking.Done():
 				return false
 			}
 		}, func() { <-w.slots })
@@ -446,7 +560,7 @@ func (w *Worker) consume(ctx context.Context) {
 
 // take confirms an assignment with the server and, if it still holds, runs
 // it. The slot taken by consume is released when the run ends.
-func (w *Worker) take(ctx context.Context, msg jetstream.Msg) {
+func (w *Worker) take(ctx, runs context.Context, msg jetstream.Msg) {
 	var a schemas.Assignment
 	if err := json.Unmarshal(msg.Data(), &a); err != nil || a.WorkRequestID == 0 {
 		w.log.Warn().Str("subject", msg.Subject()).Msg("malformed assignment dropped")
@@ -461,7 +575,14 @@ func (w *Worker) take(ctx context.Context, msg jetstream.Msg) {
 		<-w.slots
 		return
 	}
+	// Journaled before the server hears of it: should the worker die from
+	// here on, its next life hands the request back.
+	rec := w.record(journal.Entry{WorkRequest: a.WorkRequestID, Attempt: a.Attempt, Started: time.Now().UTC()}, log)
+	rec.write()
 	wr, err := w.api.StartWorkRequest(ctx, a.WorkRequestID, a.Attempt)
+	if err != nil {
+		rec.drop()
+	}
 	switch {
 	case client.IsConflict(err) || client.IsNotFound(err):
 		log.Info().Err(err).Msg("stale assignment dropped")
@@ -482,35 +603,66 @@ func (w *Worker) take(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	_ = msg.Ack()
-	runCtx, cancel := context.WithCancelCause(ctx)
+	runCtx, cancel := context.WithCancelCause(runs)
 	w.runsMu.Lock()
-	w.runs[wr.ID] = cancel
+	if old, ok := w.runs[wr.ID]; ok {
+		// An older attempt of this request still runs here: the server
+		// took it back and gave it to us again; the old one must go.
+		old.cancel(fmt.Errorf("%w (superseded by attempt %d)", ErrAborted, wr.Attempt))
+	}
+	w.runs[wr.ID] = run{attempt: wr.Attempt, cancel: cancel}
 	w.runsMu.Unlock()
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
 		defer func() { <-w.slots }()
-		defer func() {
-			w.runsMu.Lock()
+		// Heartbeats list the run until its result is reported.
+		end := w.execute(runCtx, ctx, wr, a.Device, rec, log)
+		w.runsMu.Lock()
+		if r, ok := w.runs[wr.ID]; ok && r.attempt == wr.Attempt {
 			delete(w.runs, wr.ID)
-			w.runsMu.Unlock()
-			cancel(nil)
-		}()
-		w.execute(runCtx, ctx, wr, a.Device, log)
-		if errors.Is(context.Cause(runCtx), ErrAborted) {
+		}
+		w.runsMu.Unlock()
+		cancel(nil)
+		sctx, done := w.settling(ctx)
+		defer done()
+		switch {
+		case end == endAborted:
 			// Everything the run started is gone once execute returns:
 			// say so, so that the server frees this slot.
-			w.confirmKill(ctx, wr.ID, wr.Attempt, log)
+			rec.update(func(e *journal.Entry) { e.Aborted = true })
+			if w.confirmKill(sctx, wr.ID, wr.Attempt, log) {
+				rec.drop()
+			}
+		case end == endStopped:
+			w.handBack(sctx, rec, "kiln-worker stopped: the run was stopped before it ended")
+		case errors.Is(context.Cause(runCtx), ErrAborted):
+			// Aborted while its result was being reported.
+			w.confirmKill(sctx, wr.ID, wr.Attempt, log)
 		}
 	}()
 }
 
+// runEnd is how a run ended for the worker.
+type runEnd int
+
+const (
+	// endReported: the run's result was accepted, refused for good, or
+	// (the worker stopping) kept in the journal for the next start.
+	endReported runEnd = iota
+	// endAborted: aborted through the API; no result is due.
+	endAborted
+	// endStopped: stopped because the worker stops; no result, the run
+	// is to be handed back.
+	endStopped
+)
+
 // execute runs one work request and reports its result. runCtx ends on
-// abort; ctx on shutdown.
-func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, device string, log zerolog.Logger) {
+// abort and when the worker stops; ctx on stop.
+func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, device string, rec *runRecord, log zerolog.Logger) runEnd {
 	log = log.With().Str("task", wr.TaskName).Logger()
 	tailBuf := newTail(64 << 10)
-	live := newLiveLog(w.js, w.names.LogSubject(wr.ID), wr.ID, wr.Attempt, w.cfg.LiveLogMax, log)
+	live := newLiveLog(w.js, w.names.LogSubject(w.wcfg.WorkerID, wr.ID), wr.ID, wr.Attempt, w.cfg.LiveLogMax, log)
 	out := io.MultiWriter(tailBuf, live)
 	result := schemas.ResultError
 	task, err := w.cfg.Registry.Get(wr.TaskName)
@@ -546,6 +698,12 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, de
 			WorkRequestID: wr.ID, Attempt: wr.Attempt, Output: out, Logger: log,
 			WorkDir: workDir, Grace: w.cfg.Grace, CgroupParent: w.cfg.CgroupParent, Artifacts: w.artifacts(wr),
 			Host: w.host(), Device: dev,
+			OnStart: func(p runner.Process) {
+				rec.update(func(e *journal.Entry) {
+					e.Task = wr.TaskName
+					e.Processes = append(e.Processes, p)
+				})
+			},
 		})
 		if err != nil {
 			fmt.Fprintf(out, "error: %v\n", err)
@@ -555,13 +713,16 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, de
 		}
 	}
 	live.Close(context.WithoutCancel(ctx))
-	if errors.Is(context.Cause(runCtx), ErrAborted) {
+	cause := context.Cause(runCtx)
+	if errors.Is(cause, ErrAborted) {
 		log.Info().Msg("aborted; not reporting a result")
-		return
+		return endAborted
 	}
-	if ctx.Err() != nil {
-		log.Warn().Msg("worker stopping; the result of this run is lost")
-		return
+	if errors.Is(cause, ErrStopping) && (err != nil || (result != schemas.ResultSuccess && result != schemas.ResultFailure)) {
+		// Most likely the stop ended the run: its error is no result
+		// of the request. A verdict that came first is reported.
+		log.Warn().Err(err).Msg("stopped by the worker's stop; the run is handed back")
+		return endStopped
 	}
 	log.Info().Str("result", string(result)).Msg("finished")
 	report := schemas.WorkRequestCompleted{Result: result, Attempt: wr.Attempt, Output: tailBuf.String()}
@@ -571,20 +732,15 @@ func (w *Worker) execute(runCtx, ctx context.Context, wr schemas.WorkRequest, de
 			report.ErrorType = schemas.ErrorInfrastructure
 		}
 	}
-	err = w.retry(ctx, "report result", func() error {
-		err := w.api.CompleteWorkRequest(ctx, wr.ID, report)
-		if code := client.StatusCode(err); code == http.StatusUnauthorized || code == http.StatusConflict || code == http.StatusNotFound {
-			return permanent(err)
-		}
-		return err
-	})
-	if err != nil && ctx.Err() == nil {
-		log.Warn().Err(err).Msg("result refused by the server")
-	}
+	sctx, done := w.settling(ctx)
+	defer done()
+	w.report(sctx, rec, report)
+	return endReported
 }
 
-// confirmKill tells the server, with retries, that a run is gone.
-func (w *Worker) confirmKill(ctx context.Context, id int64, attempt int, log zerolog.Logger) {
+// confirmKill tells the server, with retries, that a run is gone. It
+// reports whether that is settled: confirmed, or refused for good.
+func (w *Worker) confirmKill(ctx context.Context, id int64, attempt int, log zerolog.Logger) bool {
 	err := w.retry(ctx, "confirm kill", func() error {
 		err := w.api.ConfirmKill(ctx, id, attempt)
 		if code := client.StatusCode(err); code == http.StatusNotFound || code == http.StatusUnauthorized {
@@ -592,11 +748,16 @@ func (w *Worker) confirmKill(ctx context.Context, id int64, attempt int, log zer
 		}
 		return err
 	})
-	if err != nil && ctx.Err() == nil {
+	if err != nil {
+		if ctx.Err() != nil {
+			log.Warn().Msg("kill not confirmed before the worker stopped: the next start confirms it")
+			return false
+		}
 		log.Warn().Err(err).Msg("kill confirmation refused")
-		return
+		return true
 	}
 	log.Info().Msg("kill confirmed")
+	return true
 }
 
 // makeWorkDir creates the empty directory of one run.
@@ -623,12 +784,14 @@ func (w *Worker) control(ctx context.Context) {
 		switch c.Type {
 		case bus.ControlAbort:
 			w.runsMu.Lock()
-			cancel, ok := w.runs[c.WorkRequestID]
+			r, ok := w.runs[c.WorkRequestID]
 			w.runsMu.Unlock()
+			// An abort of another attempt is not for this run.
+			ok = ok && (c.Attempt == 0 || c.Attempt == r.attempt)
 			log := w.log.With().Int64("work_request", c.WorkRequestID).Int("attempt", c.Attempt).Str("reason", c.Reason).Logger()
 			if ok {
 				log.Info().Msg("abort received; stopping the run")
-				cancel(fmt.Errorf("%w (%s)", ErrAborted, c.Reason))
+				r.cancel(fmt.Errorf("%w (%s)", ErrAborted, c.Reason))
 			} else {
 				// Nothing of it runs here (finished, never started, or
 				// from before a restart): confirm at once.

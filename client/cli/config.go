@@ -128,7 +128,7 @@ func (f *iniFile) server(name string) (ServerConfig, error) {
 // missing directories (mode 0700) and replaces any file at path with one of
 // mode 0600, since it holds a token.
 func WriteConfig(path, name string, sc ServerConfig) error {
-	if name == "" || strings.ContainsAny(name, "[]/\r\n") {
+	if name == "" || strings.ContainsAny(name, "[]/\r\n") || strings.TrimSpace(name) != name {
 		return fmt.Errorf("write client configuration %s: invalid server name %q", path, name)
 	}
 	for key, v := range map[string]string{"api-url": sc.APIURL, "scope": sc.Scope, "token": sc.Token} {

@@ -140,6 +140,7 @@ func TestWriteConfigRejectsWhatCannotBeReadBack(t *testing.T) {
 		{"empty name", "", ok},
 		{"slash in name", "a/b", ok},
 		{"bracket in name", "a]", ok},
+		{"padded name", " a", ok}, // default-server would read back as "a" (FuzzParseINI)
 		{"newline in token", "a", ServerConfig{APIURL: ok.APIURL, Scope: "s", Token: "t\n[x]"}},
 		{"padded scope", "a", ServerConfig{APIURL: ok.APIURL, Scope: " s", Token: "t"}},
 	} {
@@ -147,22 +148,4 @@ func TestWriteConfigRejectsWhatCannotBeReadBack(t *testing.T) {
 			require.Error(t, WriteConfig(filepath.Join(dir, "c.ini"), tt.server, tt.sc))
 		})
 	}
-}
-
-func FuzzParseINI(f *testing.F) {
-	f.Add([]byte(twoServers))
-	f.Add([]byte("[a]\nk: v = w\n"))
-	f.Add([]byte("\ufeff;c\n[ x ]\r\n=v\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		ini, err := parseINI(data)
-		if err != nil {
-			return
-		}
-		for _, s := range ini.sections {
-			require.NotEmpty(t, s.name)
-			for k := range s.keys {
-				require.NotEmpty(t, k)
-			}
-		}
-	})
 }

@@ -28,8 +28,10 @@ func (a *app) listDevicesCommand() *cobra.Command {
 		Long: `List the devices under test that lab workers declare, by name, as a table:
 name, device type, worker, whether the worker still declares the device, the
 scheduler's state (idle, reserved, running), health (good, unknown, bad,
-maintenance, retired), whether a job used it since its last clean-up, and the
-work request that holds it. show-device prints one device in full.`,
+maintenance, retired), whether a job used it since its last clean-up, the
+special task it needs next (verify, cleanup, reset, repair, provision; "-" for
+none) and the work request that holds it. show-device prints one device in
+full.`,
 		Example: `  kiln list-devices
   kiln list-devices --device-type rpi4 --health good`,
 		Args: cobra.NoArgs,
@@ -46,13 +48,16 @@ work request that holds it. show-device prints one device in full.`,
 				return err
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTYPE\tWORKER\tDECLARED\tSTATE\tHEALTH\tDIRTY\tLEASE")
+			fmt.Fprintln(tw, "NAME\tTYPE\tWORKER\tDECLARED\tSTATE\tHEALTH\tDIRTY\tNEEDS\tLEASE")
 			for _, d := range ds {
-				lease := "-"
+				lease, needs := "-", "-"
 				if d.LeaseWorkRequest != nil {
 					lease = strconv.FormatInt(*d.LeaseWorkRequest, 10)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%s\t%t\t%s\n", d.Name, d.DeviceType, d.Worker, d.Declared, d.State, d.Health, d.Dirty, lease)
+				if d.Needs != "" {
+					needs = d.Needs
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%s\t%t\t%s\t%s\n", d.Name, d.DeviceType, d.Worker, d.Declared, d.State, d.Health, d.Dirty, needs, lease)
 			}
 			return tw.Flush()
 		}),
@@ -87,18 +92,22 @@ health, and its latest changes (history, newest first).`,
 
 func (a *app) manageDeviceCommand() *cobra.Command {
 	var (
-		maintenance, retire, ret bool
-		reason                   string
+		maintenance, retire, ret, check bool
+		reason                          string
 	)
 	cmd := &cobra.Command{
-		Use:   "manage-device NAME --maintenance|--retire|--return [--reason TEXT]",
-		Short: "Take a device under test out of service or return it (admins)",
+		Use:   "manage-device NAME --maintenance|--retire|--return|--health-check [--reason TEXT]",
+		Short: "Take a device under test out of service, return it, or check it now (admins)",
 		Long: `Change the health of a device under test (admins only): --maintenance takes
 it out of service for a while, --retire for good, and --return puts it back in
-service with health unknown until its next health check. Devices in
-maintenance or retired get no new work. Prints the device with its history.`,
+service with health unknown: the scheduler runs a health check (verify) on it
+before it gets a job. Devices in maintenance or retired get no new work.
+--health-check asks for a health check now: the scheduler runs a verify on the
+device as soon as it is idle; a failed one escalates to reset and repair, and a
+failed repair makes the device bad. Prints the device with its history.`,
 		Example: `  kiln manage-device rpi4-01 --maintenance --reason "reflashing the bootloader"
-  kiln manage-device rpi4-01 --return`,
+  kiln manage-device rpi4-01 --return
+  kiln manage-device rpi4-01 --health-check --reason "new power supply"`,
 		Args: deviceNameArg,
 		RunE: a.runE(func(ctx context.Context, _ *cobra.Command, args []string) error {
 			var health schemas.DeviceHealth
@@ -106,20 +115,25 @@ maintenance or retired get no new work. Prints the device with its history.`,
 			for _, o := range []struct {
 				set bool
 				h   schemas.DeviceHealth
-			}{{maintenance, schemas.HealthMaintenance}, {retire, schemas.HealthRetired}, {ret, schemas.HealthUnknown}} {
+			}{{maintenance, schemas.HealthMaintenance}, {retire, schemas.HealthRetired}, {ret, schemas.HealthUnknown}, {check, ""}} {
 				if o.set {
 					n++
 					health = o.h
 				}
 			}
 			if n != 1 {
-				return usageErrorf("give exactly one of --maintenance, --retire or --return")
+				return usageErrorf("give exactly one of --maintenance, --retire, --return or --health-check")
 			}
 			c, err := a.client()
 			if err != nil {
 				return err
 			}
-			d, err := c.SetDeviceHealth(ctx, args[0], schemas.DeviceHealthChange{Health: health, Reason: reason})
+			var d schemas.Device
+			if check {
+				d, err = c.RequestHealthCheck(ctx, args[0], reason)
+			} else {
+				d, err = c.SetDeviceHealth(ctx, args[0], schemas.DeviceHealthChange{Health: health, Reason: reason})
+			}
 			if err != nil {
 				return err
 			}
@@ -130,6 +144,7 @@ maintenance or retired get no new work. Prints the device with its history.`,
 	f.BoolVar(&maintenance, "maintenance", false, "take the device out of service for maintenance")
 	f.BoolVar(&retire, "retire", false, "retire the device")
 	f.BoolVar(&ret, "return", false, "return the device to service (health unknown until its next health check)")
+	f.BoolVar(&check, "health-check", false, "run a health check (verify) on the device as soon as it is idle")
 	f.StringVar(&reason, "reason", "", "why, for the device's history")
 	return cmd
 }

@@ -40,48 +40,100 @@ func Command(open Opener) *cobra.Command {
 
 	var email string
 	var isAdmin bool
+	var userExpires string
 	createUser := &cobra.Command{
 		Use:   "create-user USERNAME",
 		Short: "Create a user and print a new token for it",
 		Args:  cobra.ExactArgs(1),
 		RunE: with(func(cmd *cobra.Command, st *store.Store, args []string) error {
+			expires, err := expiresFlag(cmd, userExpires, time.Now())
+			if err != nil {
+				return err
+			}
 			u, err := st.CreateUser(cmd.Context(), args[0], email, isAdmin)
 			if err != nil {
 				return err
 			}
-			tok, err := st.CreateUserToken(cmd.Context(), u.ID, "created with the user")
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), tok)
-			return nil
+			return createToken(cmd, st, u.ID, "created with the user", expires)
 		}),
 	}
 	createUser.Flags().StringVar(&email, "email", "", "the user's e-mail address")
 	createUser.Flags().BoolVar(&isAdmin, "admin", false, "make the user an admin (may set priorities, abort anything)")
+	createUser.Flags().StringVar(&userExpires, "expires", "", expiresUsage)
 
-	var comment string
-	createToken := &cobra.Command{
+	var comment, tokenExpires string
+	createTok := &cobra.Command{
 		Use:   "create-token USERNAME",
 		Short: "Create a new token for a user and print it (only its hash is stored)",
 		Args:  cobra.ExactArgs(1),
 		RunE: with(func(cmd *cobra.Command, st *store.Store, args []string) error {
+			expires, err := expiresFlag(cmd, tokenExpires, time.Now())
+			if err != nil {
+				return err
+			}
 			u, err := st.UserByName(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			tok, err := st.CreateUserToken(cmd.Context(), u.ID, comment)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), tok)
-			return nil
+			return createToken(cmd, st, u.ID, comment, expires)
 		}),
 	}
-	createToken.Flags().StringVar(&comment, "comment", "", "what the token is for")
+	createTok.Flags().StringVar(&comment, "comment", "", "what the token is for")
+	createTok.Flags().StringVar(&tokenExpires, "expires", "", expiresUsage)
 
-	root.AddCommand(createUser, createToken, workerCommand(with))
+	root.AddCommand(createUser, createTok, workerCommand(with))
 	return root
+}
+
+const expiresUsage = "when the token stops working: a duration from now (720h), an RFC 3339 time " +
+	"(2026-01-31T18:00:00Z) or a date (2026-01-31, at 00:00 local time); default: never"
+
+// createToken makes a user token and prints it on stdout; an expiry, if it
+// has one, goes to stderr, so that scripts read only the token.
+func createToken(cmd *cobra.Command, st *store.Store, userID int64, comment string, expires time.Time) error {
+	tok, err := st.CreateUserTokenExpiring(cmd.Context(), userID, comment, expires)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), tok)
+	if !expires.IsZero() {
+		fmt.Fprintf(cmd.ErrOrStderr(), "The token expires at %s.\n", expires.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// expiresFlag parses the --expires value of cmd, if it was given, with
+// parseExpiry; the zero time means that the token never expires.
+func expiresFlag(cmd *cobra.Command, value string, now time.Time) (time.Time, error) {
+	if !cmd.Flags().Changed("expires") {
+		return time.Time{}, nil
+	}
+	return parseExpiry(value, now)
+}
+
+// parseExpiry reads an --expires value: a Go duration counted from now
+// (720h), an RFC 3339 time, or a date YYYY-MM-DD meaning the start of that
+// day in now's time zone. A duration that is not positive and a time that
+// is not after now are errors.
+func parseExpiry(value string, now time.Time) (time.Time, error) {
+	v := strings.TrimSpace(value)
+	if d, err := time.ParseDuration(v); err == nil {
+		if d <= 0 {
+			return time.Time{}, fmt.Errorf("--expires %s: the duration must be positive", value)
+		}
+		return now.Add(d), nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		t, err = time.ParseInLocation(time.DateOnly, v, now.Location())
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--expires %q: want a duration (720h), an RFC 3339 time (2026-01-31T18:00:00Z) or a date (2026-01-31)", value)
+	}
+	if !t.After(now) {
+		return time.Time{}, fmt.Errorf("--expires %s: that time has passed (it is now %s)", value, now.Format(time.RFC3339))
+	}
+	return t, nil
 }
 
 type runner func(f func(cmd *cobra.Command, st *store.Store, args []string) error) func(*cobra.Command, []string) error

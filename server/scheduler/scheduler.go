@@ -40,6 +40,8 @@ type Options struct {
 	// consumer, which covers restarts.
 	LostAfter time.Duration
 	Logger    zerolog.Logger
+	// Devices is the device upkeep policy.
+	Devices DevicePolicy
 	// Registerer receives the scheduler's metrics (nil: none).
 	Registerer prometheus.Registerer
 }
@@ -81,6 +83,7 @@ func New(st *store.Store, reg *tasks.Registry, pub Publisher, names bus.Names, o
 	if opt.LostAfter <= 0 {
 		opt.LostAfter = 5 * time.Minute
 	}
+	opt.Devices.defaults()
 	s := &Scheduler{
 		st: st, reg: reg, pub: pub, names: names, opt: opt, log: opt.Logger,
 		kick: make(chan struct{}, 1),
@@ -173,13 +176,6 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 	} else if n > 0 {
 		s.log.Debug().Int("devices", n).Msg("device leases released")
 	}
-	shapes, err := s.st.PendingShapes(ctx)
-	if err != nil {
-		return 0, err
-	}
-	if len(shapes) == 0 {
-		return 0, s.st.SetWaitingReasons(ctx, map[string]string{})
-	}
 	workers, err := s.st.Workers(ctx)
 	if err != nil {
 		return 0, err
@@ -187,6 +183,7 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 	now := time.Now()
 	var cands []*candidate
 	enabled := 0
+	live := map[int64]bool{}
 	for _, w := range workers {
 		if !w.Enabled || w.TokenHash == nil {
 			continue
@@ -203,15 +200,30 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 		} else {
 			c.free = 0 // never reported its metadata
 		}
+		live[w.ID] = c.connected
 		cands = append(cands, c)
+	}
+	devs, err := loadDevices(ctx, s.st)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.upkeep(ctx, devs, live, now); err != nil {
+		return 0, err
+	}
+	shapes, err := s.st.PendingShapes(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if len(shapes) == 0 {
+		return 0, s.st.SetWaitingReasons(ctx, map[string]string{})
 	}
 
 	reasons := map[string]string{}
 	eligible := map[string][]*candidate{}
-	// matches holds what the shapes that need a device need; devs is the
-	// pass's view of the devices, loaded when a shape needs one.
+	// matches holds what the shapes that need a device need, special
+	// which of them are device special tasks.
 	matches := map[string]*tasks.DeviceMatch{}
-	var devs *devicePool
+	special := map[string]bool{}
 	var items []store.QueueItem
 	for _, sh := range shapes {
 		sr, err := s.requirements(ctx, sh)
@@ -235,14 +247,10 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 		}
 		var free int
 		if needs, ok := sr.task.(tasks.DeviceNeeds); ok {
-			if devs == nil {
-				if devs, err = loadDevices(ctx, s.st); err != nil {
-					return 0, err
-				}
-			}
 			match := needs.NeedsDevice(sr.req)
+			special[sh.Shape] = schemas.IsDeviceTask(sh.TaskName)
 			var why string
-			elig, free, why = devs.eligible(match, elig)
+			elig, free, why = devs.eligible(match, special[sh.Shape], elig)
 			if len(elig) == 0 {
 				reasons[sh.Shape] = why
 				continue
@@ -264,6 +272,20 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 		}
 		items = append(items, q...)
 	}
+	// The jobs whose devices are prepared go whatever their place.
+	held, err := s.st.QueueItems(ctx, devs.heldReady())
+	if err != nil {
+		return 0, err
+	}
+	seen := map[int64]bool{}
+	for _, it := range items {
+		seen[it.ID] = true
+	}
+	for _, it := range held {
+		if !seen[it.ID] {
+			items = append(items, it)
+		}
+	}
 	sort.Slice(items, func(i, j int) bool {
 		a, b := items[i], items[j]
 		if a.Priority != b.Priority {
@@ -277,11 +299,39 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 
 	var msgs []store.Message
 	assigned := map[string]int64{}
+	// preparing says, per shape, which device is being prepared for one
+	// of its jobs: that is why the job waits.
+	preparing := map[string]string{}
 	for _, it := range items {
 		var c *candidate
 		var dev *poolDevice
 		if m := matches[it.Shape]; m != nil {
-			c, dev = devs.pick(*m, eligible[it.Shape])
+			c, dev = devs.pick(*m, special[it.Shape], it.ID, eligible[it.Shape])
+			if c == nil && dev != nil {
+				preparing[it.Shape] = fmt.Sprintf("device %s is being prepared for work request %d (%s)", dev.d.Name, it.ID, orNothing(dev.d.Needs))
+				continue
+			}
+			if c != nil && !special[it.Shape] {
+				needs, why, err := s.preJob(ctx, dev, it.ID)
+				if err != nil {
+					s.publish(ctx, msgs)
+					return len(msgs), err
+				}
+				if needs != "" {
+					dev.taken = true
+					err := s.st.HoldDevice(ctx, dev.d.ID, it.ID, needs, why)
+					if err != nil && !errors.Is(err, store.ErrConflict) {
+						s.publish(ctx, msgs)
+						return len(msgs), err
+					}
+					if err == nil {
+						preparing[it.Shape] = fmt.Sprintf("device %s is being prepared for work request %d (%s)", dev.d.Name, it.ID, needs)
+					}
+					// The next pass creates the special task.
+					s.Trigger()
+					continue
+				}
+			}
 		} else {
 			c = pick(eligible[it.Shape])
 		}
@@ -311,6 +361,10 @@ func (s *Scheduler) Pass(ctx context.Context) (int, error) {
 	s.publish(ctx, msgs)
 	for _, sh := range shapes {
 		if _, ok := reasons[sh.Shape]; !ok && assigned[sh.Shape] < sh.Count {
+			if why, ok := preparing[sh.Shape]; ok {
+				reasons[sh.Shape] = why
+				continue
+			}
 			reasons[sh.Shape] = devs.busyReason(matches[sh.Shape], eligible[sh.Shape])
 		}
 	}
@@ -404,6 +458,15 @@ func (s *Scheduler) requirements(ctx context.Context, sh store.Shape) (shapeReq,
 	s.reqs[sh.Shape] = sr
 	s.mu.Unlock()
 	return sr, sr.err
+}
+
+// orNothing names a special task for a waiting reason, "" as a ready
+// device.
+func orNothing(task string) string {
+	if task == "" {
+		return "ready"
+	}
+	return task
 }
 
 func nonce() string {

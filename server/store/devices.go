@@ -44,8 +44,16 @@ type Device struct {
 	LeaseWorkRequestID   sql.NullInt64 `db:"lease_work_request_id"`
 	JobsSinceHealthCheck int           `db:"jobs_since_health_check"`
 	LastHealthCheckAt    sql.NullTime  `db:"last_health_check_at"`
-	CreatedAt            time.Time     `db:"created_at"`
-	UpdatedAt            time.Time     `db:"updated_at"`
+	// Needs is the special task the device needs next ("" for none), and
+	// NeedsReason why.
+	Needs       string `db:"needs"`
+	NeedsReason string `db:"needs_reason"`
+	// UpkeepWorkRequestID is the special task's request, once created.
+	UpkeepWorkRequestID sql.NullInt64 `db:"upkeep_work_request_id"`
+	// HeldFor is the job the device is being prepared for.
+	HeldFor   sql.NullInt64 `db:"held_for"`
+	CreatedAt time.Time     `db:"created_at"`
+	UpdatedAt time.Time     `db:"updated_at"`
 }
 
 // Wire is the JSON form of d, without its history.
@@ -64,6 +72,8 @@ func (d Device) Wire() schemas.Device {
 		Health:               schemas.DeviceHealth(d.Health),
 		Dirty:                d.Dirty,
 		JobsSinceHealthCheck: d.JobsSinceHealthCheck,
+		Needs:                d.Needs,
+		NeedsReason:          d.NeedsReason,
 		UpdatedAt:            d.UpdatedAt.UTC(),
 	}
 	_ = json.Unmarshal([]byte(d.Labels), &out.Labels)
@@ -78,6 +88,14 @@ func (d Device) Wire() schemas.Device {
 		v := d.LeaseWorkRequestID.Int64
 		out.LeaseWorkRequest = &v
 	}
+	if d.UpkeepWorkRequestID.Valid {
+		v := d.UpkeepWorkRequestID.Int64
+		out.UpkeepWorkRequest = &v
+	}
+	if d.HeldFor.Valid {
+		v := d.HeldFor.Int64
+		out.HeldFor = &v
+	}
 	if d.LastHealthCheckAt.Valid {
 		v := d.LastHealthCheckAt.Time.UTC()
 		out.LastHealthCheckAt = &v
@@ -91,7 +109,8 @@ func (d Device) Wire() schemas.Device {
 const deviceSelect = `SELECT devices.id, devices.name, devices.worker_id, workers.name AS worker_name,
 	devices.device_type, devices.labels, devices.connection, devices.power, devices.declared, devices.state,
 	devices.health, devices.dirty, devices.lease_work_request_id, devices.jobs_since_health_check,
-	devices.last_health_check_at, devices.created_at, devices.updated_at
+	devices.last_health_check_at, devices.needs, devices.needs_reason, devices.upkeep_work_request_id,
+	devices.held_for, devices.created_at, devices.updated_at
 	FROM devices JOIN workers ON workers.id = devices.worker_id`
 
 // declaredDevice is what UpsertDevices compares a declaration with.
@@ -309,7 +328,18 @@ func (s *Store) SetDeviceHealth(ctx context.Context, name string, health schemas
 			string(health), now(), cur.ID); err != nil {
 			return fmt.Errorf("update device %q: %w", name, err)
 		}
-		return recordDeviceEvent(ctx, tx, cur.ID, DeviceEventHealth, cur.Health, string(health), reason, nil)
+		if err := recordDeviceEvent(ctx, tx, cur.ID, DeviceEventHealth, cur.Health, string(health), reason, nil); err != nil {
+			return err
+		}
+		if health != schemas.HealthMaintenance && health != schemas.HealthRetired {
+			return nil
+		}
+		// Out of service: no special task is due any more, and the job
+		// it was being prepared for looks for another device.
+		if _, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE devices SET held_for = NULL WHERE id = ?`), cur.ID); err != nil {
+			return err
+		}
+		return setNeedsTx(ctx, tx, cur.ID, "", "device taken out of service", nil)
 	})
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -14,12 +15,10 @@ func TestDeviceLeases(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, st *Store) {
 		ctx := t.Context()
 		w := newWorker(t, st, "lab")
-		require.NoError(t, st.UpsertDevices(ctx, w.ID, []schemas.DeviceDeclaration{{Name: "dut-1", DeviceType: "board"}}))
-		dev, err := st.DeviceByName(ctx, "dut-1")
-		require.NoError(t, err)
+		dev := goodDevice(t, st, w, "dut-1")
 		first, second := newWR(t, st, wrOpts{task: "dut-test"}), newWR(t, st, wrOpts{task: "dut-test"})
 
-		_, err = st.AssignDevice(ctx, first.ID, first.Attempt, w.ID, 10, dev.ID, assignMsg(first))
+		_, err := st.AssignDevice(ctx, first.ID, first.Attempt, w.ID, 10, dev.ID, assignMsg(first))
 		require.NoError(t, err)
 		_, err = st.AssignDevice(ctx, second.ID, second.Attempt, w.ID, 10, dev.ID, assignMsg(second))
 		require.ErrorIs(t, err, ErrConflict, "one device, one lease")
@@ -77,7 +76,7 @@ func TestDeviceLeases(t *testing.T) {
 		for i := len(events) - 1; i >= 0; i-- {
 			seq = append(seq, events[i].Kind+":"+events[i].To)
 		}
-		require.Equal(t, []string{"state:reserved", "state:running", "state:idle", "dirty:true",
+		require.Equal(t, []string{"health:good", "state:reserved", "state:running", "state:idle", "dirty:true",
 			"state:reserved", "state:running", "state:idle", "dirty:true", "health:maintenance"}, seq)
 	})
 }
@@ -128,19 +127,18 @@ func TestInfrastructureErrorInOneTransaction(t *testing.T) {
 	forEachDialect(t, func(t *testing.T, st *Store) {
 		ctx := t.Context()
 		w := newWorker(t, st, "lab")
-		require.NoError(t, st.UpsertDevices(ctx, w.ID, []schemas.DeviceDeclaration{{Name: "dut-1", DeviceType: "board"}}))
-		dev, err := st.DeviceByName(ctx, "dut-1")
-		require.NoError(t, err)
+		dev := goodDevice(t, st, w, "dut-1")
 		wr := newWR(t, st, wrOpts{task: "dut-test"})
 		for i := range 2 {
-			_, err = st.AssignDevice(ctx, wr.ID, wr.Attempt, w.ID, 10, dev.ID, assignMsg(wr))
+			_, err := st.AssignDevice(ctx, wr.ID, wr.Attempt, w.ID, 10, dev.ID, assignMsg(wr))
 			require.NoError(t, err)
 			start(t, st, wr, w)
 			got, err := st.Complete(ctx, wr.ID, w.ID, wr.Attempt, Completion{Result: "error", Reason: "infrastructure: no answer",
 				ErrorType: "infrastructure", InfrastructureRetries: 1})
 			require.NoError(t, err)
 			dev, _ = st.DeviceByName(ctx, "dut-1")
-			require.Equal(t, "bad", dev.Health, "the completion took the device out of service")
+			require.Equal(t, "repair", dev.Needs, "the completion sent the device to repair")
+			require.Contains(t, dev.NeedsReason, "no answer")
 			if i == 1 {
 				require.False(t, got.SupersededBy.Valid, "the limit of one retry is reached")
 				break
@@ -148,10 +146,34 @@ func TestInfrastructureErrorInOneTransaction(t *testing.T) {
 			require.True(t, got.SupersededBy.Valid, "the completion made the retry")
 			_, err = st.ReconcileDeviceLeases(ctx)
 			require.NoError(t, err)
-			_, err = st.SetDeviceHealth(ctx, "dut-1", schemas.HealthUnknown, "repaired")
+			// Out of service and back: no repair due any more.
+			_, err = st.SetDeviceHealth(ctx, "dut-1", schemas.HealthMaintenance, "repaired by hand")
 			require.NoError(t, err)
+			dev = goodDevice(t, st, w, "dut-1")
+			require.Empty(t, dev.Needs)
 			wr, err = st.WorkRequest(ctx, got.SupersededBy.Int64)
 			require.NoError(t, err)
 		}
 	})
+}
+
+// goodDevice declares device name for w (keeping w's other devices) and
+// makes it good, as a passed health check would.
+func goodDevice(t *testing.T, st *Store, w Worker, name string, power ...string) Device {
+	t.Helper()
+	ctx := t.Context()
+	all, err := st.Devices(ctx)
+	require.NoError(t, err)
+	decl := []schemas.DeviceDeclaration{{Name: name, DeviceType: "board", Power: power}}
+	for _, d := range all {
+		if d.WorkerID == w.ID && d.Name != name && d.Declared {
+			var p []string
+			require.NoError(t, json.Unmarshal([]byte(d.Power), &p))
+			decl = append(decl, schemas.DeviceDeclaration{Name: d.Name, DeviceType: d.DeviceType, Power: p})
+		}
+	}
+	require.NoError(t, st.UpsertDevices(ctx, w.ID, decl))
+	d, err := st.SetDeviceHealth(ctx, name, schemas.HealthGood, "test")
+	require.NoError(t, err)
+	return d
 }

@@ -97,8 +97,8 @@ func assignTx(ctx context.Context, tx *sqlx.Tx, id int64, attempt int, workerID 
 		return fmt.Errorf("worker %d has %d of %d slots taken: %w", workerID, active, limit, ErrConflict)
 	}
 	t := now()
-	res, err = tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET worker_id = ?, assigned_at = ?
-		WHERE id = ? AND attempt = ? AND status = 'pending' AND worker_id IS NULL`), workerID, t, id, attempt)
+	res, err = tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET worker_id = ?, assigned_at = ?, lease_renewed_at = ?
+		WHERE id = ? AND attempt = ? AND status = 'pending' AND worker_id IS NULL`), workerID, t, t, id, attempt)
 	if err != nil {
 		return err
 	}

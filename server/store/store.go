@@ -3,14 +3,18 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"embed"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -266,4 +270,28 @@ func notFound(what string, id any, err error) error {
 		return fmt.Errorf("%s %v: %w", what, id, ErrNotFound)
 	}
 	return fmt.Errorf("%s %v: %w", what, id, err)
+}
+
+// Unavailable reports whether err says that the database cannot be reached
+// now (connection refused or lost, server shutting down or starting, too
+// busy), as opposed to a fault of the query: callers answer 503 and try
+// again later.
+func Unavailable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var pe *pq.Error
+	if errors.As(err, &pe) {
+		// Class 08: connection exception; 57P01-57P03: shutting down,
+		// crash shutdown, cannot connect now; 53300: too many connections.
+		return pe.Code.Class() == "08" || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03" || pe.Code == "53300"
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code() == sqlite3.SQLITE_BUSY || se.Code() == sqlite3.SQLITE_LOCKED
+	}
+	var ne net.Error
+	return errors.Is(err, driver.ErrBadConn) || errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, sql.ErrConnDone)
 }

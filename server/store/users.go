@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -39,7 +40,31 @@ type Token struct {
 	Enabled    bool          `db:"enabled"`
 	CreatedAt  time.Time     `db:"created_at"`
 	LastUsedAt sql.NullTime  `db:"last_used_at"`
+	// ExpiresAt is when the token stops working; NULL means never.
+	ExpiresAt sql.NullTime `db:"expires_at"`
 }
+
+// ErrTokenExpired means that a token is known and enabled but its expiry
+// time has passed. Lookups return it wrapped in an *ExpiredTokenError,
+// which says when; callers branch with errors.Is and must not treat the
+// token as unknown.
+var ErrTokenExpired = errors.New("token expired")
+
+// ExpiredTokenError is the ErrTokenExpired of a token lookup. It never
+// holds the token.
+type ExpiredTokenError struct {
+	// UserID owns the token.
+	UserID int64
+	// ExpiresAt is when the token stopped working (UTC).
+	ExpiresAt time.Time
+}
+
+func (e *ExpiredTokenError) Error() string {
+	return "token of user " + strconv.FormatInt(e.UserID, 10) + " expired at " + e.ExpiresAt.UTC().Format(time.RFC3339)
+}
+
+// Unwrap makes errors.Is(err, ErrTokenExpired) hold.
+func (e *ExpiredTokenError) Unwrap() error { return ErrTokenExpired }
 
 // HashToken returns the stored form of a token secret.
 func HashToken(secret string) string {
@@ -91,28 +116,48 @@ func (s *Store) UserByID(ctx context.Context, id int64) (User, error) {
 	return u, nil
 }
 
-// CreateUserToken makes a new token for the user and returns its secret,
-// which is not stored and cannot be shown again.
+// CreateUserToken makes a new token for the user that never expires and
+// returns its secret, which is not stored and cannot be shown again.
 func (s *Store) CreateUserToken(ctx context.Context, userID int64, comment string) (string, error) {
+	return s.CreateUserTokenExpiring(ctx, userID, comment, time.Time{})
+}
+
+// CreateUserTokenExpiring is CreateUserToken for a token that stops working
+// at expires; the zero time means never. It does not check that expires is
+// in the future: callers that take it from a person do.
+func (s *Store) CreateUserTokenExpiring(ctx context.Context, userID int64, comment string, expires time.Time) (string, error) {
+	var exp sql.NullTime
+	if !expires.IsZero() {
+		exp = sql.NullTime{Time: expires.UTC().Truncate(time.Microsecond), Valid: true}
+	}
 	secret := NewSecret()
 	_, err := s.w.ExecContext(ctx, s.rebind(
-		`INSERT INTO tokens (hash, kind, user_id, comment, enabled, created_at) VALUES (?, ?, ?, ?, ?, ?)`),
-		HashToken(secret), TokenUser, userID, comment, true, now())
+		`INSERT INTO tokens (hash, kind, user_id, comment, enabled, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+		HashToken(secret), TokenUser, userID, comment, true, now(), exp)
 	if err != nil {
 		return "", fmt.Errorf("create token for user %d: %w", userID, err)
 	}
 	return secret, nil
 }
 
-// UserForToken returns the user that owns an enabled user token.
+// UserForToken returns the user that owns an enabled user token. An unknown
+// or disabled token is ErrNotFound; a known one past its expiry is an
+// *ExpiredTokenError (ErrTokenExpired).
 func (s *Store) UserForToken(ctx context.Context, secret string) (User, error) {
-	var u User
-	err := s.r.GetContext(ctx, &u, s.rebind(`SELECT users.* FROM tokens JOIN users ON users.id = tokens.user_id
+	var row struct {
+		User
+		ExpiresAt sql.NullTime `db:"token_expires_at"`
+	}
+	err := s.r.GetContext(ctx, &row, s.rebind(`SELECT users.*, tokens.expires_at AS token_expires_at
+		FROM tokens JOIN users ON users.id = tokens.user_id
 		WHERE tokens.hash = ? AND tokens.kind = ? AND tokens.enabled`), HashToken(secret), TokenUser)
 	if err != nil {
 		return User{}, notFound("token", "(hidden)", err)
 	}
-	return u, nil
+	if row.ExpiresAt.Valid && !now().Before(row.ExpiresAt.Time) {
+		return User{}, &ExpiredTokenError{UserID: row.ID, ExpiresAt: row.ExpiresAt.Time.UTC()}
+	}
+	return row.User, nil
 }
 
 // CreateActivationToken makes a one-time token that registers a worker

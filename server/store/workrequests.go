@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
+
+	"github.com/kiln-ci/kiln/schemas"
 )
 
 // WorkRequest is a stored work request.
@@ -45,6 +47,8 @@ type WorkRequest struct {
 	KillConfirmedAt    sql.NullTime   `db:"kill_confirmed_at"`
 	KillOverdue        bool           `db:"kill_overdue"`
 	WaitingReason      sql.NullString `db:"waiting_reason"`
+	LeaseRenewedAt     sql.NullTime   `db:"lease_renewed_at"`
+	WorkerLostRetries  int            `db:"worker_lost_retries"`
 }
 
 const wrColumns = `work_requests.*, CASE WHEN work_requests.status = 'pending' AND work_requests.worker_id IS NULL
@@ -282,8 +286,8 @@ func (s *Store) Start(ctx context.Context, id, workerID int64, attempt int) (Wor
 		if timeout > 0 {
 			deadline = t.Add(time.Duration(timeout) * time.Second)
 		}
-		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'running', started_at = ?, deadline_at = ?
-			WHERE id = ? AND worker_id = ? AND attempt = ? AND status = 'pending'`), t, deadline, id, workerID, attempt)
+		res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'running', started_at = ?, deadline_at = ?,
+			lease_renewed_at = ? WHERE id = ? AND worker_id = ? AND attempt = ? AND status = 'pending'`), t, deadline, t, id, workerID, attempt)
 		if err != nil {
 			return err
 		}
@@ -345,10 +349,15 @@ func (s *Store) Complete(ctx context.Context, id, workerID int64, attempt int, c
 		t := now()
 		_, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE work_requests SET status = 'completed', result = ?, output = ?, reason = ?,
 			error_type = ?, completed_at = ?, started_at = COALESCE(started_at, ?) WHERE id = ?`), c.Result, c.Output, c.Reason, c.ErrorType, t, t, id)
-		if err != nil || c.ErrorType != "infrastructure" {
+		switch {
+		case err != nil:
 			return err
+		case schemas.IsDeviceTask(wr.TaskName):
+			return s.deviceTaskDone(ctx, tx, wr, c)
+		case c.ErrorType == "infrastructure":
+			return infrastructureErrorTx(ctx, tx, id, c)
 		}
-		return infrastructureErrorTx(ctx, tx, id, c)
+		return nil
 	})
 	if err != nil {
 		return WorkRequest{}, fmt.Errorf("complete: %w", err)

@@ -247,6 +247,8 @@ func TestParseStat(t *testing.T) {
 	}{
 		{in: "42 (sleep) S 1 40 40 0 -1", want: procStat{state: 'S', pgrp: 40}},
 		{in: "42 (a) (b) c) Z 1 7 7 0", want: procStat{state: 'Z', pgrp: 7}},
+		{in: "42 (sleep) S 1 40 40 0 -1 4194560 107 0 0 0 0 0 0 0 20 0 1 0 8812345 2445312 128", want: procStat{state: 'S', pgrp: 40, startTime: 8812345}},
+		{in: "42 (sleep) S 1 40 40 0 -1 4194560 107 0 0 0 0 0 0 0 20 0 1 0 x 2445312 128", wantErr: true},
 		{in: "42 (sh", wantErr: true},
 		{in: "42 (sh) R 1", wantErr: true},
 	}

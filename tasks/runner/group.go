@@ -41,6 +41,9 @@ func groupMembers(pgid int) []int {
 type procStat struct {
 	state byte
 	pgrp  int
+	// startTime is when the process started, in clock ticks after boot
+	// (field 22); 0 when the line was too short to hold it.
+	startTime uint64
 }
 
 // zombie reports a process that has exited but was not reaped yet ('Z'), or
@@ -70,7 +73,14 @@ func parseStat(b []byte) (procStat, error) {
 	if err != nil {
 		return procStat{}, fmt.Errorf("parse /proc stat pgrp: %w", err)
 	}
-	return procStat{state: f[0][0], pgrp: pgrp}, nil
+	st := procStat{state: f[0][0], pgrp: pgrp}
+	// Field 22 (starttime) is the 20th after the comm.
+	if len(f) >= 20 {
+		if st.startTime, err = strconv.ParseUint(string(f[19]), 10, 64); err != nil {
+			return procStat{}, fmt.Errorf("parse /proc stat starttime: %w", err)
+		}
+	}
+	return st, nil
 }
 
 // liveOnly drops pids that are gone or zombies.

@@ -71,6 +71,11 @@ type Options struct {
 	// Logger receives what happened (signals sent, leftovers, cgroup
 	// fallbacks). Default: the zero zerolog.Logger, which logs nothing.
 	Logger zerolog.Logger
+	// OnStart, if set, is called once the command has started, before Run
+	// waits for it, with what identifies its process group and cgroup: a
+	// worker journals it so that, should it die, its next life can kill
+	// what the run left (KillLeftovers). Run waits for it to return.
+	OnStart func(Process)
 }
 
 func (o Options) withDefaults() Options {
@@ -162,6 +167,9 @@ func Run(ctx context.Context, cmd Command, opt Options) (res Result, err error) 
 	}
 	started := time.Now()
 	p.log.Debug().Int("pid", p.pgid).Bool("cgroup", p.cg != nil).Msg("command started")
+	if opt.OnStart != nil {
+		opt.OnStart(p.process)
+	}
 
 	termSent := false
 	var killAt time.Time
@@ -218,6 +226,8 @@ type proc struct {
 	cg   *runCgroup // nil without a cgroup
 	out  *output    // nil without Output
 	log  zerolog.Logger
+	// process identifies the group and cgroup for Options.OnStart.
+	process Process
 
 	done    chan struct{} // closed when cmd.Wait has returned
 	waitErr error         // cmd.Wait's error, read after done
@@ -290,6 +300,11 @@ func start(c Command, opt Options, res *Result, log zerolog.Logger) (*proc, erro
 	}
 	p.pgid = p.cmd.Process.Pid
 	p.log = log.With().Int("pid", p.pgid).Logger()
+	if opt.OnStart != nil {
+		// Read before Wait can reap the process: until then its
+		// /proc entry exists, even if it has exited already.
+		p.process = newProcess(p.pgid, p.cg)
+	}
 	if p.out != nil {
 		go p.out.copy()
 	}
