@@ -5,7 +5,7 @@ BIN := bin
 DATA_DIR ?= kiln-data
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: all build run test lint fmt bench clean-data
+.PHONY: all build run test lint fmt bench bench-go clean-data
 
 all: build
 
@@ -60,3 +60,18 @@ fmt:
 
 clean-data:
 	rm -rf $(DATA_DIR)
+
+## bench: the benchmark harness (cmd/kiln-bench) on SQLite + embedded NATS and
+## PostgreSQL + the external nats-server; prints a Markdown table and writes
+## docs/benchmarks.md. BENCH_ARGS adds options (kiln-bench --help), e.g.
+## BENCH_ARGS='--backends sqlite --scenarios e2e'.
+BENCH_ARGS ?=
+bench:
+	$(GO) build -o $(BIN)/ ./cmd/kiln-bench ./cmd/kiln-server ./cmd/kiln-worker
+	KILN_BENCH_RERUN="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
+		$(BIN)/kiln-bench --kiln-server $(BIN)/kiln-server --kiln-worker $(BIN)/kiln-worker $(BENCH_ARGS)
+
+## bench-go: the Go benchmarks of the hot paths (matching, JSON Schema
+## validation, the store's claim), for regressions between commits.
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem ./server/scheduler ./tasks ./server/store

@@ -182,6 +182,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, n Names, replicas
 		Replicas:    max(replicas, 1),
 		Duplicates:  2 * time.Minute,
 		MaxAge:      7 * 24 * time.Hour,
+		// Each worker holds two durable consumers; nats-server caps a
+		// stream without a limit of its own at 1000 consumers (and takes
+		// -1 as "not set"), which would refuse the 501st worker.
+		MaxConsumers: 1 << 20,
 	}
 	s, err := js.CreateOrUpdateStream(ctx, cfg)
 	if err != nil {

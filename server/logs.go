@@ -89,22 +89,30 @@ func (s *Server) getLog(w http.ResponseWriter, r *http.Request) {
 // recorded; their chunks are kept. wr is reloaded when a chunk shows that
 // a newer attempt started.
 func (s *Server) fromItsWorker(ctx context.Context, msg jetstream.Msg, c schemas.LogChunk, wr *store.WorkRequest) bool {
-	if c.Attempt > wr.Attempt {
+	sender := s.names.LogSender(msg.Subject())
+	ok := func() (bool, bool) { // accept, sure
+		switch {
+		case c.Attempt < wr.Attempt:
+			return true, true
+		case c.Attempt > wr.Attempt:
+			return false, false
+		}
+		match := wr.WorkerID.Valid && sender == wr.WorkerID.Int64
+		return match, match
+	}
+	accept, sure := ok()
+	if !sure {
+		// The request may have been assigned, or retried, since wr was
+		// read (a client following from before it started).
 		if cur, err := s.store.WorkRequest(context.WithoutCancel(ctx), wr.ID); err == nil {
 			*wr = cur
+			accept, _ = ok()
 		}
 	}
-	switch {
-	case c.Attempt < wr.Attempt:
-		return true
-	case c.Attempt > wr.Attempt:
-		return false
-	}
-	ok := wr.WorkerID.Valid && s.names.LogSender(msg.Subject()) == wr.WorkerID.Int64
-	if !ok {
+	if !accept {
 		s.log.Warn().Int64("work_request", wr.ID).Str("subject", msg.Subject()).Msg("log chunk from a worker that does not run the request dropped")
 	}
-	return ok
+	return accept
 }
 
 func chunkOf(msg jetstream.Msg) schemas.LogChunk {
