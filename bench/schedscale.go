@@ -60,8 +60,9 @@ func runSchedulerScale(ctx context.Context, e *Env) ([]Row, error) {
 			return rows, fmt.Errorf("%d pending: %w", n, err)
 		}
 		points[i] = pt
-		what := fmt.Sprintf("median of %d passes on the same data (assignments withdrawn, worker heartbeats renewed between them; shape cache warm); first pass %.1f ms",
-			pt.passes, schedMillis(pt.cold))
+		what := fmt.Sprintf("median of %d passes on the same data (assignments withdrawn, worker heartbeats renewed between them; shape cache warm); "+
+			"first pass %.1f ms; store.Workers alone %.1f ms, store.WaitingShapes %.1f ms",
+			pt.passes, schedMillis(pt.cold), schedMillis(pt.workersRead), schedMillis(pt.shapesRead))
 		if pt.passes == 0 {
 			what = fmt.Sprintf("first pass only (over %s, so not repeated)", schedBudget)
 		}
@@ -69,7 +70,7 @@ func runSchedulerScale(ctx context.Context, e *Env) ([]Row, error) {
 			Metric: fmt.Sprintf("one pass, %d pending", n),
 			Value:  schedMillis(pt.warm),
 			Unit:   "ms",
-			Note: fmt.Sprintf("%s; each assigned %d (%d free slots among %d busy workers, %d shapes); set-up %s",
+			Note: fmt.Sprintf("%s; each pass assigned %d (%d free slots among %d busy workers, %d shapes); set-up %s",
 				what, pt.assigned, pt.free, pt.workers, len(shapes), pt.setup.Round(time.Millisecond)),
 		}
 		if largest && n >= 100000 {
@@ -111,9 +112,12 @@ type schedPoint struct {
 	// the passes after it, or cold again when there are none.
 	cold, warm, setup time.Duration
 	passes            int
-	assigned, free    int
-	workers           int
-	profile           string
+	// workersRead and shapesRead time store.Workers and
+	// store.WaitingShapes on their own, after the passes.
+	workersRead, shapesRead time.Duration
+	assigned, free          int
+	workers                 int
+	profile                 string
 }
 
 // schedulerPoint fills a fresh database with n pending requests and the
@@ -203,6 +207,18 @@ func schedulerPoint(ctx context.Context, e *Env, reg *tasks.Registry, shapes []s
 		slices.Sort(warm)
 		pt.warm = warm[len(warm)/2]
 		pt.passes = len(warm)
+		// Where a pass's time goes, roughly: its two whole-table reads
+		// (the rest is mostly the assignments, a transaction each).
+		t := time.Now()
+		if _, err := st.Workers(ctx); err != nil {
+			return pt, err
+		}
+		pt.workersRead = time.Since(t)
+		t = time.Now()
+		if _, err := st.WaitingShapes(ctx); err != nil {
+			return pt, err
+		}
+		pt.shapesRead = time.Since(t)
 	}
 	if pt.profile != "" && pt.warm < schedTarget {
 		_ = os.Remove(pt.profile)

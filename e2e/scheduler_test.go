@@ -4,7 +4,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -26,8 +25,9 @@ func (c counted) CanRunOn(req tasks.Requirements, md schemas.Metadata) error {
 	return tasks.BaseCanRunOn(c, req, md)
 }
 
-// TestSchedulerGroupsByShape proves that a pass evaluates CanRunOn once per
-// shape and worker, not once per pending request and worker.
+// TestSchedulerGroupsByShape proves that the scheduler evaluates CanRunOn
+// once per shape and worker, not once per pending request and worker, and
+// not again in later passes while the worker's metadata stays the same.
 func TestSchedulerGroupsByShape(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be.name, func(t *testing.T) {
@@ -36,9 +36,7 @@ func TestSchedulerGroupsByShape(t *testing.T) {
 			schema, err := schemas.TaskSchema("noop")
 			require.NoError(t, err)
 			require.NoError(t, reg.RegisterWithSchema(counted{calls: &calls}, schema))
-			// No sweeps: only events trigger passes, so that the pass
-			// measured below runs (nearly always) alone.
-			b := setupWith(t, be, func(c *server.Config) { c.Registry = reg; c.SchedulerSweep = time.Hour })
+			b := setupWith(t, be, func(c *server.Config) { c.Registry = reg })
 
 			// Three workers that cannot run "counted": they have the default
 			// registry, so they do not report it.
@@ -56,20 +54,15 @@ func TestSchedulerGroupsByShape(t *testing.T) {
 				return strings.Contains(b.get(last.ID).WaitingReason, "worker does not report counted:version")
 			})
 
-			before := b.srv.Scheduler().Passes()
-			calls.Store(0)
-			n, err := b.srv.Scheduler().Pass(b.ctx)
-			require.NoError(t, err)
-			require.Zero(t, n)
-			got := calls.Load()
-			passes := b.srv.Scheduler().Passes() - before
-			perPass := int64(len(archs) * 3)
-			// Other passes (events, a sweep) may run beside ours; one that
-			// began before the count was reset adds at most one pass more.
-			require.LessOrEqual(t, got, perPass*(passes+1),
-				"CanRunOn ran %d times in %d passes for %d requests: it must run per shape and worker, not per request",
-				got, passes, perShape*len(archs))
-			require.GreaterOrEqual(t, got, perPass)
+			for range 3 {
+				n, err := b.srv.Scheduler().Pass(b.ctx)
+				require.NoError(t, err)
+				require.Zero(t, n)
+			}
+			want, got := int64(len(archs)*3), calls.Load()
+			require.Equal(t, want, got,
+				"CanRunOn ran %d times in %d passes for %d requests: it must run once per shape and worker",
+				got, b.srv.Scheduler().Passes(), perShape*len(archs))
 		})
 	}
 }

@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -15,21 +17,90 @@ type Shape struct {
 	TaskName string `db:"task_name"`
 	// SampleID is one request of the group, whose task data stands for all.
 	SampleID int64 `db:"sample_id"`
-	Count    int64 `db:"n"`
-	// TopPriority is the highest effective priority in the group.
+	// Count is the number of requests of the group (PendingShapes only).
+	Count int64 `db:"n"`
+	// TopPriority is the highest effective priority in the group
+	// (PendingShapes only).
 	TopPriority int `db:"top_priority"`
 }
 
 // PendingShapes returns the groups of unassigned pending requests.
 func (s *Store) PendingShapes(ctx context.Context) ([]Shape, error) {
+	// Only columns of the partial index work_requests_queue, so that the
+	// group-by reads the index alone (100k pending: a third of the time
+	// of reading the rows); the task names come from the samples.
 	var out []Shape
-	err := s.r.SelectContext(ctx, &out, `SELECT shape, MIN(task_name) AS task_name, MIN(id) AS sample_id,
-		COUNT(*) AS n, MAX(priority) AS top_priority
+	err := s.r.SelectContext(ctx, &out, `SELECT shape, MIN(id) AS sample_id, COUNT(*) AS n, MAX(priority) AS top_priority
 		FROM work_requests WHERE status = 'pending' AND worker_id IS NULL GROUP BY shape`)
 	if err != nil {
 		return nil, fmt.Errorf("pending shapes: %w", err)
 	}
+	if len(out) == 0 {
+		return out, nil
+	}
+	ids := make([]int64, len(out))
+	for i, sh := range out {
+		ids[i] = sh.SampleID
+	}
+	q, args, err := sqlx.In(`SELECT id, task_name FROM work_requests WHERE id IN (?)`, ids)
+	if err != nil {
+		return nil, err
+	}
+	var names []struct {
+		ID   int64  `db:"id"`
+		Task string `db:"task_name"`
+	}
+	if err := s.r.SelectContext(ctx, &names, s.rebind(q), args...); err != nil {
+		return nil, fmt.Errorf("pending shapes' tasks: %w", err)
+	}
+	task := make(map[int64]string, len(names))
+	for _, n := range names {
+		task[n.ID] = n.Task
+	}
+	// A sample deleted in between drops its shape from this pass.
+	shapes := out[:0]
+	for _, sh := range out {
+		if name, ok := task[sh.SampleID]; ok {
+			sh.TaskName = name
+			shapes = append(shapes, sh)
+		}
+	}
+	return shapes, nil
+}
+
+// WaitingShapes returns the groups of unassigned pending requests with a
+// sample each (the first in scheduling order), without counting them: the
+// scheduler's way. It seeks from one shape to the next in the queue index,
+// so its cost grows with the number of shapes, not of requests (100k
+// pending: PendingShapes' group-by took 40 to 100 ms, most of a pass).
+func (s *Store) WaitingShapes(ctx context.Context) ([]Shape, error) {
+	var out []Shape
+	if err := s.r.SelectContext(ctx, &out, waitingShapesQuery(s.dialect)); err != nil {
+		return nil, fmt.Errorf("waiting shapes: %w", err)
+	}
 	return out, nil
+}
+
+func waitingShapesQuery(d Dialect) string {
+	const waiting = `status = 'pending' AND worker_id IS NULL`
+	// SQLite, without statistics, would rather read every pending request
+	// through work_requests_status.
+	queue := `work_requests`
+	if d == SQLite {
+		queue = `work_requests INDEXED BY work_requests_queue`
+	}
+	return `WITH RECURSIVE s(shape) AS (
+			SELECT MIN(shape) FROM ` + queue + ` WHERE ` + waiting + `
+			UNION ALL
+			SELECT (SELECT MIN(shape) FROM ` + queue + ` WHERE ` + waiting + ` AND shape > s.shape)
+			FROM s WHERE s.shape IS NOT NULL
+		)
+		SELECT q.shape, q.sample_id, wr.task_name FROM (
+			SELECT s.shape, (SELECT id FROM ` + queue + ` WHERE ` + waiting + ` AND shape = s.shape
+				ORDER BY priority DESC, created_at, id LIMIT 1) AS sample_id
+			FROM s WHERE s.shape IS NOT NULL
+		) AS q JOIN work_requests wr ON wr.id = q.sample_id
+		ORDER BY q.shape`
 }
 
 // QueueItem is an unassigned pending request as the scheduler sees it.
@@ -41,15 +112,41 @@ type QueueItem struct {
 	Attempt   int       `db:"attempt"`
 }
 
-// Queue returns up to limit unassigned pending requests of one shape in
-// scheduling order: effective priority descending, then oldest first.
-func (s *Store) Queue(ctx context.Context, shape string, limit int) ([]QueueItem, error) {
+// queueQuery reads one shape's queue, in its part of the queue index.
+const queueQuery = `SELECT id, shape, priority, created_at, attempt FROM work_requests
+	WHERE status = 'pending' AND worker_id IS NULL AND shape = ?
+	ORDER BY priority DESC, created_at, id LIMIT ?`
+
+// queueShapes bounds the shapes QueueAll reads in one statement (its
+// parameters).
+const queueShapes = 200
+
+// QueueAll returns up to limits[shape] unassigned pending requests of each
+// shape, grouped by shape, each group in scheduling order: effective
+// priority descending, then oldest first. It takes one statement per 200
+// shapes, not a round trip per shape.
+func (s *Store) QueueAll(ctx context.Context, limits map[string]int) ([]QueueItem, error) {
+	shapes := make([]string, 0, len(limits))
+	for sh, n := range limits {
+		if n > 0 {
+			shapes = append(shapes, sh)
+		}
+	}
+	slices.Sort(shapes)
 	var out []QueueItem
-	err := s.r.SelectContext(ctx, &out, s.rebind(`SELECT id, shape, priority, created_at, attempt FROM work_requests
-		WHERE status = 'pending' AND worker_id IS NULL AND shape = ?
-		ORDER BY priority DESC, created_at, id LIMIT ?`), shape, limit)
-	if err != nil {
-		return nil, fmt.Errorf("queue of %s: %w", shape, err)
+	for start := 0; start < len(shapes); start += queueShapes {
+		part := shapes[start:min(start+queueShapes, len(shapes))]
+		parts := make([]string, len(part))
+		args := make([]any, 0, 2*len(part))
+		for i, sh := range part {
+			parts[i] = fmt.Sprintf(`SELECT * FROM (%s) AS q%d`, queueQuery, i)
+			args = append(args, sh, limits[sh])
+		}
+		var items []QueueItem
+		if err := s.r.SelectContext(ctx, &items, s.rebind(strings.Join(parts, " UNION ALL ")), args...); err != nil {
+			return nil, fmt.Errorf("queues of %d shapes: %w", len(part), err)
+		}
+		out = append(out, items...)
 	}
 	return out, nil
 }
@@ -89,8 +186,7 @@ func assignTx(ctx context.Context, tx *sqlx.Tx, id int64, attempt int, workerID 
 		return fmt.Errorf("worker %d: %w", workerID, ErrNotFound)
 	}
 	var active int
-	if err := tx.GetContext(ctx, &active, tx.Rebind(`SELECT COUNT(*) FROM work_requests
-		WHERE worker_id = ? AND (status IN ('pending', 'running') OR kill_pending)`), workerID); err != nil {
+	if err := tx.GetContext(ctx, &active, tx.Rebind(`SELECT COUNT(*) FROM work_requests WHERE worker_id = ? AND `+holdsSlot), workerID); err != nil {
 		return err
 	}
 	if active >= limit {

@@ -25,10 +25,13 @@ func TestPendingShapes(t *testing.T) {
 		shapes, err := st.PendingShapes(ctx)
 		require.NoError(t, err)
 		require.Empty(t, shapes)
+		shapes, err = st.WaitingShapes(ctx)
+		require.NoError(t, err)
+		require.Empty(t, shapes)
 
 		w := newWorker(t, st, "w")
 		a1 := newWR(t, st, wrOpts{shape: "noop", priority: 1})
-		_ = newWR(t, st, wrOpts{shape: "noop", priority: 4})
+		a2 := newWR(t, st, wrOpts{shape: "noop", priority: 4})
 		_ = newWR(t, st, wrOpts{shape: "noop", priority: 2})
 		b1 := newWR(t, st, wrOpts{shape: "noop|arch=arm64", priority: 0})
 		c1 := newWR(t, st, wrOpts{task: "sbuild", shape: "sbuild|arch=amd64", priority: 0})
@@ -48,6 +51,19 @@ func TestPendingShapes(t *testing.T) {
 			{Shape: "noop|arch=arm64", TaskName: "noop", SampleID: b1.ID, Count: 1, TopPriority: 0},
 			{Shape: "sbuild|arch=amd64", TaskName: "sbuild", SampleID: c1.ID, Count: 1, TopPriority: 10},
 		}, shapes)
+
+		// The same groups, uncounted, each sampled by its first request
+		// in scheduling order.
+		shapes, err = st.WaitingShapes(ctx)
+		require.NoError(t, err)
+		require.Equal(t, []Shape{
+			{Shape: "noop", TaskName: "noop", SampleID: a2.ID},
+			{Shape: "noop|arch=arm64", TaskName: "noop", SampleID: b1.ID},
+			{Shape: "sbuild|arch=amd64", TaskName: "sbuild", SampleID: c1.ID},
+		}, shapes)
+		for _, idx := range []string{"work_requests_status", "work_requests_worker_active"} {
+			require.NotContains(t, queryPlan(t, st, waitingShapesQuery(st.Dialect())), idx, "reads the queue index only")
+		}
 	})
 }
 
@@ -70,7 +86,7 @@ func TestQueueOrder(t *testing.T) {
 		rawExec(t, st, `UPDATE work_requests SET created_at = ? WHERE id = ?`, r1.CreatedAt.Add(time.Second), r2.ID)
 		require.NoError(t, st.SetPriorityAdjustment(ctx, r6.ID, 7))
 
-		q, err := st.Queue(ctx, "A", 100)
+		q, err := st.QueueAll(ctx, map[string]int{"A": 100})
 		require.NoError(t, err)
 		var got []int64
 		for _, it := range q {
@@ -83,12 +99,29 @@ func TestQueueOrder(t *testing.T) {
 		require.Equal(t, 7, q[0].Priority, "effective priority")
 		require.False(t, q[0].CreatedAt.IsZero())
 
-		q, err = st.Queue(ctx, "A", 2)
+		q, err = st.QueueAll(ctx, map[string]int{"A": 2})
 		require.NoError(t, err)
 		require.Len(t, q, 2)
-		q, err = st.Queue(ctx, "nothing", 10)
+		q, err = st.QueueAll(ctx, map[string]int{"nothing": 10})
 		require.NoError(t, err)
 		require.Empty(t, q)
+
+		// Several shapes in one call, each queue in the same order.
+		all, err := st.QueueAll(ctx, map[string]int{"A": 4, "B": 10, "nothing": 3, "zero": 0})
+		require.NoError(t, err)
+		got = nil
+		for _, it := range all {
+			got = append(got, it.ID)
+		}
+		b, err := st.QueueAll(ctx, map[string]int{"B": 10})
+		require.NoError(t, err)
+		require.Len(t, b, 1)
+		require.Equal(t, []int64{r6.ID, r3.ID, r2.ID, r4.ID, b[0].ID}, got)
+		require.Equal(t, 7, all[0].Priority)
+		require.Equal(t, "B", all[4].Shape)
+		all, err = st.QueueAll(ctx, nil)
+		require.NoError(t, err)
+		require.Empty(t, all)
 	})
 }
 

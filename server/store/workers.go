@@ -54,8 +54,15 @@ func (w Worker) Metadata() map[string]any {
 	return md
 }
 
-const workerColumns = `workers.*, (SELECT COUNT(*) FROM work_requests wr
-	WHERE wr.worker_id = workers.id AND (wr.status IN ('pending', 'running') OR wr.kill_pending)) AS active`
+const workerColumns = `workers.*, (SELECT COUNT(*) FROM work_requests
+	WHERE work_requests.worker_id = workers.id AND ` + holdsSlot + `) AS active`
+
+// holdsSlot is the condition of a request that takes one of its worker's
+// slots: waiting to start, running, or aborted with the kill not yet
+// confirmed. It is, word for word, the predicate of the partial index
+// work_requests_worker_active (migration 00009): SQLite uses a partial
+// index only for a query that repeats its condition.
+const holdsSlot = `(status IN ('pending', 'running') OR kill_pending)`
 
 // RegisterWorker stores a new, disabled worker that authenticates with
 // tokenSecret. A name that is taken gets a numeric suffix, as two machines
