@@ -104,17 +104,19 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok := r.Header.Get("Token")
 		ctx := r.Context()
+		// Workers first: they make most calls (start, completed, logs,
+		// artifacts), and a user lookup that misses costs a join.
 		if tok != "" {
-			if u, err := s.store.UserForToken(ctx, tok); err == nil {
+			if wk, err := s.store.WorkerForToken(ctx, tok); err == nil {
+				ctx = context.WithValue(ctx, workerKey, &wk)
+			} else if !errors.Is(err, store.ErrNotFound) {
+				s.tokenCheckFailed(w, err)
+				return
+			} else if u, err := s.store.UserForToken(ctx, tok); err == nil {
 				ctx = context.WithValue(ctx, userKey, &u)
 			} else if errors.Is(err, store.ErrTokenExpired) {
 				s.tokenExpired(w, err)
 				return
-			} else if !errors.Is(err, store.ErrNotFound) {
-				s.tokenCheckFailed(w, err)
-				return
-			} else if wk, err := s.store.WorkerForToken(ctx, tok); err == nil {
-				ctx = context.WithValue(ctx, workerKey, &wk)
 			} else if !errors.Is(err, store.ErrNotFound) {
 				s.tokenCheckFailed(w, err)
 				return

@@ -40,6 +40,12 @@ type Options struct {
 	// consumer, which covers restarts.
 	LostAfter time.Duration
 	Logger    zerolog.Logger
+	// MinGap is the least time from the start of one pass to the start of
+	// the next (default 10ms). Under load every submission and completion
+	// triggers a pass and passes ran back to back, one per trigger or two;
+	// waiting a little lets one pass place what many triggers announced.
+	// An idle scheduler passes at once.
+	MinGap time.Duration
 	// Devices is the device upkeep policy.
 	Devices DevicePolicy
 	// Registerer receives the scheduler's metrics (nil: none).
@@ -87,6 +93,9 @@ func New(st *store.Store, reg *tasks.Registry, pub Publisher, names bus.Names, o
 	if opt.LostAfter <= 0 {
 		opt.LostAfter = 5 * time.Minute
 	}
+	if opt.MinGap <= 0 {
+		opt.MinGap = 10 * time.Millisecond
+	}
 	opt.Devices.defaults()
 	s := &Scheduler{
 		st: st, reg: reg, pub: pub, names: names, opt: opt, log: opt.Logger,
@@ -131,12 +140,22 @@ func (s *Scheduler) Run(ctx context.Context) {
 	t := time.NewTicker(s.opt.Sweep)
 	defer t.Stop()
 	for {
+		began := time.Now()
 		s.step(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.kick:
 		case <-t.C:
+		}
+		if wait := s.opt.MinGap - time.Since(began); wait > 0 {
+			gap := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				gap.Stop()
+				return
+			case <-gap.C:
+			}
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -143,11 +144,31 @@ func TestConcurrentWrites(t *testing.T) {
 			}
 		}()
 	}
+	// Two writers of one entry share its temporary file: they take turns.
+	for range 2 {
+		wg.Go(func() {
+			for k := range 20 {
+				e := Entry{WorkRequest: 1, Attempt: 2, Task: fmt.Sprint(k)}
+				if err := j.Write(e); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
 	wg.Wait()
 	got, err := j.Entries()
 	require.NoError(t, err)
-	require.Len(t, got, 8)
+	require.Len(t, got, 9)
 	for _, e := range got {
+		if e.Attempt == 2 {
+			require.Equal(t, "19", e.Task)
+			continue
+		}
 		require.Len(t, e.Processes, 10)
+	}
+	names, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	for _, n := range names {
+		require.NotEqual(t, tmpSuffix, filepath.Ext(n.Name()), "temporary file left")
 	}
 }
