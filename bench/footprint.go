@@ -113,7 +113,7 @@ func runFootprint(ctx context.Context, e *Env) ([]Row, error) {
 	rows := []Row{{
 		Metric: fmt.Sprintf("server RSS, %d workers heartbeating", n), Value: rss, Unit: "MB",
 		Target: fmt.Sprintf("< %d MB", footprintServerTarget), Met: Met(rss < footprintServerTarget),
-		Note: fmt.Sprintf("kiln-server process, SQLite + embedded NATS; a NATS connection per worker, heartbeat every %s; peak %.0f MB", hb, hwm),
+		Note: fmt.Sprintf("kiln-server process, SQLite + embedded NATS; a NATS connection per worker, heartbeat every %s; peak %.0f MB%s", hb, hwm, footprintGoMemory(ctx, srv.apiURL)),
 	}}
 
 	// Then also pulling from their consumers, as idle kiln-workers do.
@@ -130,11 +130,11 @@ func runFootprint(ctx context.Context, e *Env) ([]Row, error) {
 	row := Row{
 		Metric: fmt.Sprintf("server RSS, %d workers heartbeating and pulling", n), Value: rss, Unit: "MB",
 		Target: fmt.Sprintf("< %d MB", footprintServerTarget), Met: Met(rss < footprintServerTarget && cerr == nil),
-		Note: fmt.Sprintf("as above, and each worker's 2 durable pull consumers (%d); peak %.0f MB", 2*n, hwm),
+		Note: fmt.Sprintf("as above, and each worker's 2 durable pull consumers (%d); peak %.0f MB%s", 2*n, hwm, footprintGoMemory(ctx, srv.apiURL)),
 	}
 	if cerr != nil {
-		row.Note = fmt.Sprintf("only %d of %d workers got their 2 consumers: %v (nats-server's default limit, 1000 consumers per stream: "+
-			"Kiln's work-queue stream sets no max_consumers); peak %.0f MB", consuming, n, cerr, hwm)
+		row.Note = fmt.Sprintf("only %d of %d workers got their 2 consumers: %v (refused by nats-server: "+
+			"see the work-queue stream's MaxConsumers in package bus); peak %.0f MB", consuming, n, cerr, hwm)
 	}
 	rows = append(rows, row)
 	// Every one of them heartbeated meanwhile, and is connected.
@@ -735,4 +735,36 @@ func (s *footprintSims) close() {
 		sim.nc.Close()
 	}
 	s.sims = nil
+}
+
+// footprintGoMemory reads the server's own account of its memory from
+// /metrics (the Go collector): heap in use, goroutine stacks and the number
+// of goroutines, to say where an RSS goes.
+func footprintGoMemory(ctx context.Context, apiURL string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(apiURL, "/api")+"/metrics", nil)
+	if err != nil {
+		return ""
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	vals := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		switch name {
+		case "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_goroutines":
+			if v, err := strconv.ParseFloat(value, 64); ok && err == nil {
+				vals[name] = v
+			}
+		}
+	}
+	if len(vals) < 3 {
+		return ""
+	}
+	return fmt.Sprintf("; Go heap in use %.0f MB, goroutine stacks %.0f MB (%.0f goroutines)",
+		vals["go_memstats_heap_inuse_bytes"]/(1<<20), vals["go_memstats_stack_inuse_bytes"]/(1<<20), vals["go_goroutines"])
 }
