@@ -17,6 +17,7 @@ import (
 	"github.com/kiln-ci/kiln/server/scheduler"
 	"github.com/kiln-ci/kiln/server/store"
 	"github.com/kiln-ci/kiln/tasks"
+	"github.com/kiln-ci/kiln/tasks/taskstest"
 )
 
 // Parameters of the scheduler scenario.
@@ -331,49 +332,15 @@ func (f *simFill) insert(ctx context.Context, table string, cols []string, rows 
 // of concurrency 1 to 4, busy with running requests except for one free
 // slot on one in schedFreeEvery. It returns n and the free slots.
 func (f *simFill) workers(ctx context.Context, reg *tasks.Registry, n int) (int, int, error) {
-	archGroups := [][]string{{"amd64", "i386"}, {"arm64", "armhf", "armel"}, {"amd64"}, {"ppc64el"}, {"s390x"},
-		{"riscv64"}, {"arm64"}, {"amd64", "i386", "x32"}, {"mips64el"}, {"loong64"}, {"i386"}}
 	now := time.Now().UTC()
 	cols := []string{"name", "token_hash", "worker_type", "enabled", "dynamic_metadata", "dynamic_metadata_updated_at",
 		"concurrency", "registered_at", "connected_at", "last_seen_at"}
 	rows := make([][]any, 0, n)
 	conc := make([]int, n)
 	for i := range n {
-		archs := archGroups[i%len(archGroups)]
-		md := map[string]any{
-			tasks.KeyWorkerType:          "external",
-			tasks.KeyArchitectures:       archs,
-			tasks.KeyHostArchitecture:    archs[0],
-			tasks.KeyCPUCount:            2 << (i % 5),
-			tasks.KeyTotalMemory:         int64(4<<30) << (i % 4),
-			"system:kernel":              "6.12.0-1-" + archs[0],
-			"kiln:version":               "0.1.0",
-			tasks.KeySbuildAvailable:     i%5 != 0,
-			"mmdebstrap:available":       i%3 != 0,
-			"lintian:available":          true,
-			"executor:unshare:available": i%6 != 0,
-		}
-		if i%6 == 0 {
-			md[tasks.KeyUnshareProblem] = "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0)"
-		}
-		for _, name := range reg.Names() {
-			t, err := reg.Get(name)
-			if err != nil {
-				return 0, 0, err
-			}
-			v := t.Version()
-			if name == "sbuild" && i%7 == 0 {
-				v-- // an outdated worker
-			}
-			md[tasks.VersionKey(name)] = v
-		}
-		switch {
-		case i%17 == 0:
-			md[tasks.KeyWorkerType] = "signing"
-		case i%13 == 0:
-			md[tasks.KeyAllowlist] = []string{"noop", "lintian"}
-		case i%11 == 0:
-			md[tasks.KeyDenylist] = []string{"sbuild"}
+		md, err := taskstest.WorkerMetadata(reg, i)
+		if err != nil {
+			return 0, 0, err
 		}
 		b, err := json.Marshal(md)
 		if err != nil {
@@ -412,7 +379,7 @@ func (f *simFill) workers(ctx context.Context, reg *tasks.Registry, n int) (int,
 			c--
 			free++
 		}
-		arch := archGroups[i%len(archGroups)][0]
+		arch := taskstest.HostArchitecture(i)
 		data := fmt.Sprintf(`{"host_architecture":%q}`, arch)
 		key := tasks.ShapeKey("noop", tasks.Requirements{HostArchitecture: arch})
 		for range c {

@@ -8,6 +8,7 @@ import (
 	"github.com/kiln-ci/kiln/schemas"
 	"github.com/kiln-ci/kiln/server/store"
 	"github.com/kiln-ci/kiln/tasks"
+	"github.com/kiln-ci/kiln/tasks/taskstest"
 )
 
 // BenchmarkCanRunOn is the matching of one request's requirements against
@@ -47,41 +48,11 @@ func BenchmarkCanRunOn(b *testing.B) {
 // benchWorkerMetadata returns the merged metadata of n varied workers.
 func benchWorkerMetadata(b *testing.B, reg *tasks.Registry, n int) []schemas.Metadata {
 	b.Helper()
-	archGroups := [][]string{{"amd64", "i386"}, {"arm64", "armhf", "armel"}, {"amd64"}, {"ppc64el"}, {"s390x"}, {"riscv64"}, {"arm64"}}
 	out := make([]schemas.Metadata, n)
 	for i := range out {
-		archs := archGroups[i%len(archGroups)]
-		md := map[string]any{
-			tasks.KeyWorkerType:          "external",
-			tasks.KeyArchitectures:       archs,
-			tasks.KeyHostArchitecture:    archs[0],
-			tasks.KeyCPUCount:            2 << (i % 5),
-			tasks.KeyTotalMemory:         int64(4<<30) << (i % 4),
-			"system:kernel":              "6.12.0-1-" + archs[0],
-			tasks.KeySbuildAvailable:     i%5 != 0,
-			"executor:unshare:available": i%6 != 0,
-		}
-		if i%6 == 0 {
-			md[tasks.KeyUnshareProblem] = "unprivileged user namespaces are disabled"
-		}
-		for _, name := range reg.Names() {
-			t, err := reg.Get(name)
-			if err != nil {
-				b.Fatal(err)
-			}
-			v := t.Version()
-			if name == "sbuild" && i%7 == 0 {
-				v--
-			}
-			md[tasks.VersionKey(name)] = v
-		}
-		switch {
-		case i%17 == 0:
-			md[tasks.KeyWorkerType] = "signing"
-		case i%13 == 0:
-			md[tasks.KeyAllowlist] = []string{"noop", "lintian"}
-		case i%11 == 0:
-			md[tasks.KeyDenylist] = []string{"sbuild"}
+		md, err := taskstest.WorkerMetadata(reg, i)
+		if err != nil {
+			b.Fatal(err)
 		}
 		js, err := json.Marshal(md)
 		if err != nil {
