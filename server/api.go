@@ -33,7 +33,7 @@ func workerFrom(ctx context.Context) *store.Worker {
 }
 
 // Handler returns the HTTP handler: the API under /api/1.0/, /metrics and
-// /healthz.
+// /healthz, and the web dashboard (server/web) for every other path.
 func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer, s.instrument)
@@ -73,7 +73,13 @@ func (s *Server) Handler() http.Handler {
 		// GET device/{name}/, POST device/{name}/health/ (server/devices.go).
 		s.deviceRoutes(r)
 	})
-	r.NotFound(func(w http.ResponseWriter, _ *http.Request) {
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		// The dashboard takes what the API does not route, so that its
+		// pages stay out of the API's router (and its OpenAPI document).
+		if s.dashboard != nil && !isAPIPath(r.URL.Path) {
+			s.dashboard.ServeHTTP(w, r)
+			return
+		}
 		problem(w, http.StatusNotFound, "Error", "no such endpoint")
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {

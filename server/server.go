@@ -23,6 +23,7 @@ import (
 	"github.com/kiln-ci/kiln/server/artifacts"
 	"github.com/kiln-ci/kiln/server/scheduler"
 	"github.com/kiln-ci/kiln/server/store"
+	"github.com/kiln-ci/kiln/server/web"
 	"github.com/kiln-ci/kiln/tasks"
 )
 
@@ -111,8 +112,12 @@ type Config struct {
 	// Workspace is the default workspace (default "System").
 	Workspace string
 	// Dev starts a local worker in-process, creates a "dev" admin user and
-	// writes DataDir/client.ini.
+	// writes DataDir/client.ini; it also turns WebAnonymous on.
 	Dev bool
+	// WebAnonymous lets visitors of the web dashboard who have not logged
+	// in read every page (default false; on with Dev). Actions always need
+	// a login.
+	WebAnonymous bool
 
 	// Artifacts.
 
@@ -215,6 +220,9 @@ func (c *Config) setDefaults() {
 	if c.ArtifactGCInterval <= 0 {
 		c.ArtifactGCInterval = DefaultArtifactGCInterval
 	}
+	if c.Dev {
+		c.WebAnonymous = true
+	}
 }
 
 // Server is a running kiln-server.
@@ -235,6 +243,8 @@ type Server struct {
 	http     *http.Server
 	// artifacts holds artifact file contents (artifacts_api.go).
 	artifacts *artifacts.Manager
+	// dashboard is the web dashboard, served at / (dashboard.go).
+	dashboard *web.Dashboard
 	// heartbeatsSince is since when (Unix ns) heartbeats have been
 	// recorded without a failure: leases expire only after a whole lease
 	// timeout of it (leases.go).
@@ -329,10 +339,15 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.goRun(func() { s.everyAsLeader(runCtx, time.Second, s.enforceDeadlines) })
 
+	if s.dashboard, err = s.newDashboard(); err != nil {
+		return nil, err
+	}
 	if s.listener, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	s.http = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	// The dashboard's event streams never go idle: end them first.
+	s.http.RegisterOnShutdown(s.dashboard.Close)
 	if s.tls != nil {
 		s.http.TLSConfig = s.tls
 		s.listener = tls.NewListener(s.listener, s.tls)

@@ -103,7 +103,8 @@ func Command(registry *tasks.Registry) *cobra.Command {
 	f.DurationVar(&cfg.ArtifactGCInterval, "artifact-gc-interval", server.DefaultArtifactGCInterval, "period of the artifact garbage collector (expired artifacts, unused files)")
 	f.StringVar(&cfg.Scope, "scope", "debusine", "the scope this server serves (X-Debusine-Scope)")
 	f.StringVar(&cfg.Workspace, "workspace", "System", "default workspace of new work requests")
-	f.BoolVar(&cfg.Dev, "dev", false, "single-node development mode: local worker, a 'dev' admin user, DATA_DIR/client.ini")
+	f.BoolVar(&cfg.Dev, "dev", false, "single-node development mode: local worker, a 'dev' admin user, DATA_DIR/client.ini, --web-anonymous")
+	f.BoolVar(&cfg.WebAnonymous, "web-anonymous", false, "let visitors of the web dashboard read every page without logging in (actions always need a login)")
 	f.StringVar(&logLevel, "log-level", "info", "trace, debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 
