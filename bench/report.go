@@ -29,6 +29,10 @@ type Machine struct {
 	Kiln     string
 	// Engines: PostgreSQL, SQLite, embedded and external nats-server.
 	Engines []string
+	// Load is /proc/loadavg's 1, 5 and 15 minute averages when the
+	// report is written: above the core count, something else competed
+	// for the machine during the run, and absolute figures suffer.
+	Load string
 }
 
 // Describe reads the machine and the engine versions; what it cannot read
@@ -43,6 +47,11 @@ func Describe(ctx context.Context, cfg Config) Machine {
 		}
 	}
 	m.Kiln = kilnVersion()
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(b)); len(f) >= 3 {
+			m.Load = strings.Join(f[:3], ", ")
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if db, err := sql.Open("sqlite", ":memory:"); err == nil {
@@ -137,6 +146,9 @@ func Markdown(w io.Writer, m Machine, command string, scale Scale, rows []Row) {
 	fmt.Fprintf(w, "| date | %s |\n", m.Date.Format(time.RFC3339))
 	fmt.Fprintf(w, "| CPU | %s, %d cores |\n", orUnknown(m.CPU), m.Cores)
 	fmt.Fprintf(w, "| memory | %.1f GiB |\n", m.MemoryGB)
+	if m.Load != "" {
+		fmt.Fprintf(w, "| load average (1, 5, 15 min) at the end | %s |\n", m.Load)
+	}
 	fmt.Fprintf(w, "| OS | %s |\n", orUnknown(m.OS))
 	fmt.Fprintf(w, "| Go | %s |\n", m.Go)
 	fmt.Fprintf(w, "| Kiln | %s |\n", m.Kiln)
