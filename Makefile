@@ -75,3 +75,19 @@ bench:
 ## validation, the store's claim), for regressions between commits.
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./server/scheduler ./tasks ./server/store
+
+## deb: the Debian packages kiln-server, kiln-worker and kiln-client
+## (debian/), built from this tree with dpkg-buildpackage and the Go on PATH;
+## the .deb files land in the parent directory. Needs debhelper and dpkg-dev.
+## Offline builds: /usr/share/doc/kiln-server/README.Debian, or
+## debian/kiln-server.README.Debian.
+.PHONY: deb deb-test
+deb:
+	dpkg-buildpackage -us -uc -b
+
+## deb-test: the packaging check of CI (.ci/deb-test; root): build the
+## packages in a copy of this tree, lintian, systemd-analyze verify, install
+## them, run a noop through the installed server, worker and client, then
+## remove and purge them.
+deb-test:
+	bash .ci/deb-test
