@@ -50,6 +50,12 @@ func Command(registry *tasks.Registry) *cobra.Command {
 		SilenceUsage: true,
 		Args:         cobra.NoArgs,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			// Shell completion needs no configuration, and a user who
+			// may not read the config file still gets completions.
+			if cmd.Name() == cobra.ShellCompRequestCmd || cmd.Name() == cobra.ShellCompNoDescRequestCmd ||
+				(cmd.Parent() != nil && cmd.Parent().Name() == "completion") {
+				return nil
+			}
 			// Root's flag set holds every option, so one pass covers the
 			// server and the admin commands alike.
 			return config.Apply(cmd.Root().Flags(), "KILN_", configFile, cmd.Root().Flags().Changed("config"))
