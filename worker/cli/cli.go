@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -48,9 +49,10 @@ func Command(registry *tasks.Registry) *cobra.Command {
 			"\n" +
 			"SIGTERM or SIGINT drains the worker: it takes no new work, lets the running work finish\n" +
 			"and report, then exits. A second SIGTERM or SIGINT stops the running work now (SIGTERM,\n" +
-			"--grace-period, SIGKILL) and hands it back to the server, which runs it again. A result\n" +
-			"the server could not take yet stays in the journal (--journal-dir) and is sent at the\n" +
-			"next start; after a crash, the next start kills what the runs left and hands them back.",
+			"--grace-period, SIGKILL) and hands it back to the server, which runs it again; later\n" +
+			"signals are ignored meanwhile. A result the server could not take yet stays in the\n" +
+			"journal (--journal-dir) and is sent at the next start; after a crash, the next start\n" +
+			"kills what the runs left and hands them back.",
 		SilenceUsage: true,
 		Args:         cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -65,7 +67,9 @@ func Command(registry *tasks.Registry) *cobra.Command {
 			cfg.Registry = registry
 			ctx, stop := context.WithCancel(context.Background())
 			defer stop()
-			cfg.Drain = onSignals(ctx, stop, log)
+			drain, release := onSignals(stop, log)
+			defer release()
+			cfg.Drain = drain
 			return worker.Run(ctx, cfg)
 		},
 	}
@@ -94,28 +98,42 @@ func Command(registry *tasks.Registry) *cobra.Command {
 	return cmd
 }
 
-// onSignals returns a channel closed at the first SIGTERM or SIGINT (drain)
-// and calls stop at the second (stop the running work now). It stops
-// listening when ctx ends.
-func onSignals(ctx context.Context, stop context.CancelFunc, log zerolog.Logger) <-chan struct{} {
+// onSignals turns SIGTERM and SIGINT into the worker's shutdown protocol:
+// the first closes the returned drain channel, the second calls stop (the
+// running work is stopped and handed back). Later ones are logged and
+// ignored until release is called when the worker has returned: with
+// Go's default handling back, a third signal (systemctl stop during a
+// manual drain) would kill the worker in the middle of handing back.
+func onSignals(stop context.CancelFunc, log zerolog.Logger) (drain <-chan struct{}, release func()) {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGTERM, os.Interrupt)
-	drain := make(chan struct{})
+	drained := make(chan struct{})
+	finished := make(chan struct{})
+	var once sync.Once
 	go func() {
 		defer signal.Stop(sigs)
 		select {
 		case sig := <-sigs:
 			log.Info().Stringer("signal", sig).Msg("signal received: draining; a second one stops the running work now")
-			close(drain)
-		case <-ctx.Done():
+			close(drained)
+		case <-finished:
 			return
 		}
 		select {
 		case sig := <-sigs:
 			log.Warn().Stringer("signal", sig).Msg("second signal received: stopping the running work now")
 			stop()
-		case <-ctx.Done():
+		case <-finished:
+			return
+		}
+		for {
+			select {
+			case sig := <-sigs:
+				log.Warn().Stringer("signal", sig).Msg("signal received while stopping: the running work is being stopped and handed back")
+			case <-finished:
+				return
+			}
 		}
 	}()
-	return drain
+	return drained, func() { once.Do(func() { close(finished) }) }
 }
