@@ -29,9 +29,9 @@ const assignBatch = 256
 // of four statements and a commit per request: that was most of a
 // scheduling pass's time (kiln-bench, scheduler scale). It returns the
 // recorded messages and the indexes in as of the assignments refused (the
-// request no longer waits, or the worker's slots are taken), which change
-// nothing. Any other error undoes the batch it happened in; the messages of
-// earlier batches stand.
+// request no longer waits, the worker's slots are taken, or it is disabled),
+// which change nothing. Any other error undoes the batch it happened in;
+// the messages of earlier batches stand.
 func (s *Store) AssignAll(ctx context.Context, as []Assignment) (msgs []Message, refused []int, err error) {
 	for start := 0; start < len(as); start += assignBatch {
 		batch := as[start:min(start+assignBatch, len(as))]
@@ -61,18 +61,24 @@ func (s *Store) assignBatchTx(ctx context.Context, tx *sqlx.Tx, batch []Assignme
 	}
 	slices.Sort(workers)
 	workers = slices.Compact(workers)
-	// Lock the workers' rows, in id order so that two lockers cannot
-	// deadlock, before counting their slots (see assignTx).
-	lock := `SELECT id FROM workers WHERE id IN (?) ORDER BY id FOR UPDATE`
+	// Lock the enabled workers' rows, in id order so that two lockers
+	// cannot deadlock, before counting their slots (see assignTx): a
+	// worker disabled since the pass read it gets nothing.
+	lock := `SELECT id FROM workers WHERE id IN (?) AND enabled ORDER BY id FOR UPDATE`
 	if s.dialect == SQLite {
-		lock = `UPDATE workers SET id = id WHERE id IN (?)`
+		lock = `UPDATE workers SET id = id WHERE id IN (?) AND enabled RETURNING id`
 	}
 	q, args, err := sqlx.In(lock, workers)
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := tx.ExecContext(ctx, tx.Rebind(q), args...); err != nil {
+	var locked []int64
+	if err := tx.SelectContext(ctx, &locked, tx.Rebind(q), args...); err != nil {
 		return nil, nil, fmt.Errorf("lock workers: %w", err)
+	}
+	enabled := make(map[int64]bool, len(locked))
+	for _, id := range locked {
+		enabled[id] = true
 	}
 	q, args, err = sqlx.In(`SELECT worker_id, COUNT(*) AS n FROM work_requests WHERE worker_id IN (?) AND `+holdsSlot+` GROUP BY worker_id`, workers)
 	if err != nil {
@@ -118,7 +124,7 @@ func (s *Store) assignBatchTx(ctx context.Context, tx *sqlx.Tx, batch []Assignme
 	var refused, take []int
 	seen := map[int64]bool{}
 	for i, a := range batch {
-		if attempt, ok := waiting[a.ID]; !ok || attempt != a.Attempt || seen[a.ID] || active[a.WorkerID] >= a.Limit {
+		if attempt, ok := waiting[a.ID]; !ok || attempt != a.Attempt || seen[a.ID] || !enabled[a.WorkerID] || active[a.WorkerID] >= a.Limit {
 			refused = append(refused, i)
 			continue
 		}

@@ -107,3 +107,32 @@ func TestAssignAllBatchesAndLimit(t *testing.T) {
 		}
 	})
 }
+
+// Regression (e2e TestWorkerConfinedOnEmbeddedNATS, once in CI): a pass
+// that read a worker as enabled assigned to it after it was disabled, when
+// disabling had already withdrawn its assignments; the request then waited
+// on a worker that refused to start it.
+func TestNoAssignmentToADisabledWorker(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, st *Store) {
+		ctx := t.Context()
+		off := newWorker(t, st, "off")
+		on := newWorker(t, st, "on")
+		require.NoError(t, st.SetWorkerEnabled(ctx, off.ID, false))
+		a, b, c := newWR(t, st, wrOpts{}), newWR(t, st, wrOpts{}), newWR(t, st, wrOpts{})
+
+		_, err := st.Assign(ctx, a.ID, a.Attempt, off.ID, 5, assignMsg(a))
+		require.ErrorIs(t, err, ErrConflict)
+		msgs, refused, err := st.AssignAll(ctx, []Assignment{
+			{ID: b.ID, Attempt: b.Attempt, WorkerID: off.ID, Limit: 5, Msg: assignMsg(b)},
+			{ID: c.ID, Attempt: c.Attempt, WorkerID: on.ID, Limit: 5, Msg: assignMsg(c)},
+		})
+		require.NoError(t, err)
+		require.Equal(t, []int{0}, refused)
+		require.Len(t, msgs, 1)
+		for _, wr := range []WorkRequest{a, b} {
+			got, err := st.WorkRequest(ctx, wr.ID)
+			require.NoError(t, err)
+			require.False(t, got.WorkerID.Valid, "work request %d assigned to a disabled worker", wr.ID)
+		}
+	})
+}

@@ -164,7 +164,8 @@ type Message struct {
 // Assign gives request id to worker workerID, provided the request is still
 // unassigned and pending with that attempt and the worker has fewer than
 // limit active requests, and records msg in the outbox in the same
-// transaction. ErrConflict when either condition fails.
+// transaction. ErrConflict when either condition fails or the worker is
+// disabled (or gone).
 func (s *Store) Assign(ctx context.Context, id int64, attempt int, workerID int64, limit int, msg Message) (Message, error) {
 	err := s.tx(ctx, func(tx *sqlx.Tx) error { return assignTx(ctx, tx, id, attempt, workerID, limit, &msg) })
 	if err != nil {
@@ -177,13 +178,15 @@ func (s *Store) Assign(ctx context.Context, id int64, attempt int, workerID int6
 func assignTx(ctx context.Context, tx *sqlx.Tx, id int64, attempt int, workerID int64, limit int, msg *Message) error {
 	// Lock the worker row first (PostgreSQL row lock; SQLite's write
 	// lock), so that two assignments to one worker cannot both count
-	// the same free slot.
-	res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE workers SET id = id WHERE id = ?`), workerID)
+	// the same free slot, and so that a worker disabled meanwhile (which
+	// withdraws its unstarted assignments) gets none: a pass reads the
+	// workers before it assigns.
+	res, err := tx.ExecContext(ctx, tx.Rebind(`UPDATE workers SET id = id WHERE id = ? AND enabled`), workerID)
 	if err != nil {
 		return err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("worker %d: %w", workerID, ErrNotFound)
+		return fmt.Errorf("worker %d is disabled or gone: %w", workerID, ErrConflict)
 	}
 	var active int
 	if err := tx.GetContext(ctx, &active, tx.Rebind(`SELECT COUNT(*) FROM work_requests WHERE worker_id = ? AND `+holdsSlot), workerID); err != nil {
